@@ -1,0 +1,61 @@
+"""Checkpoints: Ultralytics' ``.pt`` format plus a ``sparsepipe`` entry carrying the recipe and its state.
+
+Keeping Ultralytics' layout means ``YOLO("best.pt")`` still loads our files; the extra entry is what lets
+``--resume`` continue mid-recipe and export/registry keep lineage. Keys of ``ckpt["sparsepipe"]``:
+
+- ``recipe``: original recipe text; ``recipe_path``; ``recipe_args`` (dict); ``recipe_resolved`` (YAML text)
+- ``recipe_epoch``: float epoch the recipe reached; ``manager``: RecipeManager.state_dict() (masks, schedule)
+- ``quantized``: bool (model holds fake-quant modules); ``imgsz``; ``task``
+- ``mlflow_run_id``, ``data_hash``, ``base`` (checkpoint/zoo stub it started from), ``git_commit``
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sparse_core.errors import UserError
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load an Ultralytics/sparsepipe ``.pt``; a missing, truncated or foreign file is a UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated zip, pickle of something else, ...
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {str(err)[:120]})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("ema") or ckpt.get("model"), torch.nn.Module):
+        raise UserError(f"{path}: not an Ultralytics/sparsepipe checkpoint (expected a dict with a 'model' or 'ema' module)")
+    return ckpt
+
+
+def checkpoint_model(ckpt: dict[str, Any]) -> torch.nn.Module:
+    """The weights to use from a checkpoint: the EMA when present (that is what Ultralytics saves as best), in FP32."""
+    model = ckpt.get("ema") or ckpt.get("model")
+    return model.float()
+
+
+def sparsepipe_meta(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The sparsepipe entry of a checkpoint ({} for a plain Ultralytics file)."""
+    return dict(ckpt.get("sparsepipe") or {})
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save to a temp file in the same folder, then rename: a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
