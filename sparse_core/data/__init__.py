@@ -1,0 +1,1 @@
+"""Data sets: synthetic generation, preparation from YOLO/COCO/VOC with validation, and content hashing."""

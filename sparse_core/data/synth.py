@@ -1,0 +1,133 @@
+"""Synthetic Ultralytics data sets for demos and tests: solid coloured shapes a YOLO learns in a few epochs.
+
+Each class is one (shape, colour) pair drawn as a filled polygon on a noisy grey background, 1-4 objects per image,
+15-45 % of the image side. Labels come from the very polygon that is drawn, so boxes and masks are exact. The
+same seed gives the same files (PNG, lossless), and the set is built in a temp folder and renamed into place.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image, ImageDraw
+
+from sparse_core.data.atomic import atomic_dir
+from sparse_core.errors import UserError
+
+# class k: SHAPES[k % len] in COLOURS[k % len]; both cycle so neighbouring classes differ in shape AND colour
+SHAPES = ("square", "circle", "triangle", "diamond", "hexagon", "star")
+COLOURS = {
+    "red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220), "yellow": (235, 210, 20),
+    "magenta": (200, 40, 200), "cyan": (20, 200, 210), "orange": (245, 130, 20), "black": (20, 20, 20),
+}
+MAX_CLASSES = 24  # lcm(6, 8): beyond this (shape, colour) pairs repeat
+TASKS = ("detect", "segment")
+
+
+def class_names(n_classes: int) -> list[str]:
+    colours = list(COLOURS)
+    return [f"{colours[k % len(colours)]}_{SHAPES[k % len(SHAPES)]}" for k in range(n_classes)]
+
+
+def _shape_polygon(shape: str, cx: float, cy: float, size: float, rot: float) -> list[tuple[float, float]]:
+    """Vertices (pixels) of ``shape`` with bounding extent ~``size`` centred at (cx, cy)."""
+    r = size / 2
+    if shape == "square":
+        return [(cx - r, cy - r), (cx + r, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
+    if shape == "circle":
+        n, radii, start = 24, [r], 0.0
+    elif shape == "triangle":
+        n, radii, start = 3, [r], -math.pi / 2 + rot
+    elif shape == "diamond":
+        n, radii, start = 4, [r], 0.0
+    elif shape == "hexagon":
+        n, radii, start = 6, [r], rot
+    else:  # star
+        n, radii, start = 10, [r, r * 0.45], -math.pi / 2 + rot
+    return [(cx + radii[i % len(radii)] * math.cos(start + 2 * math.pi * i / n),
+             cy + radii[i % len(radii)] * math.sin(start + 2 * math.pi * i / n)) for i in range(n)]
+
+
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _render(rng: np.random.Generator, imgsz: int, n_classes: int, task: str) -> tuple[Image.Image, list[str]]:
+    """One image and its Ultralytics label lines."""
+    tone = rng.integers(90, 170)
+    bg = np.clip(rng.normal(tone, 12, (imgsz, imgsz, 3)), 0, 255).astype(np.uint8)
+    img = Image.fromarray(bg, "RGB")
+    draw = ImageDraw.Draw(img)
+    colours = list(COLOURS.values())
+    boxes, lines = [], []
+    for _ in range(int(rng.integers(1, 5))):
+        for _try in range(20):  # place without heavy overlap so every object stays visible
+            cls = int(rng.integers(n_classes))
+            size = float(rng.uniform(0.15, 0.45)) * imgsz
+            cx = float(rng.uniform(size / 2 + 1, imgsz - size / 2 - 1))
+            cy = float(rng.uniform(size / 2 + 1, imgsz - size / 2 - 1))
+            poly = _shape_polygon(SHAPES[cls % len(SHAPES)], cx, cy, size, float(rng.uniform(0, math.pi / 3)))
+            xs, ys = [p[0] for p in poly], [p[1] for p in poly]
+            box = (min(xs), min(ys), max(xs), max(ys))
+            if all(_iou(box, b) < 0.05 for b in boxes):
+                break
+        else:
+            continue
+        boxes.append(box)
+        draw.polygon(poly, fill=colours[cls % len(colours)])
+        if task == "segment":
+            coords = " ".join(f"{min(max(v / imgsz, 0.0), 1.0):.6f}" for p in poly for v in p)
+        else:
+            x0, y0, x1, y1 = (min(max(v / imgsz, 0.0), 1.0) for v in box)
+            coords = f"{(x0 + x1) / 2:.6f} {(y0 + y1) / 2:.6f} {x1 - x0:.6f} {y1 - y0:.6f}"
+        lines.append(f"{cls} {coords}")
+    return img, lines
+
+
+def _is_synth_output(path: Path) -> bool:
+    try:
+        return "synth" in (yaml.safe_load((path / "data.yaml").read_text()) or {})
+    except (OSError, yaml.YAMLError, TypeError):
+        return False
+
+
+def synth_dataset(out: str | os.PathLike, task: str = "detect", n_train: int = 64, n_val: int = 16, imgsz: int = 128,
+                  seed: int = 0, n_classes: int = 3) -> Path:
+    """Write an Ultralytics data set (images/{train,val}, labels/{train,val}, data.yaml) at ``out``.
+
+    Returns ``out/data.yaml`` (absolute ``path``). An earlier synth output at ``out`` is replaced; any other
+    non-empty folder is refused.
+    """
+    if task not in TASKS:
+        raise UserError(f"task: {task!r} is not supported; expected one of {', '.join(TASKS)}")
+    if n_train < 1 or n_val < 1:
+        raise UserError(f"train/val: {n_train}/{n_val} images; expected at least 1 of each")
+    if not 32 <= imgsz <= 4096:
+        raise UserError(f"imgsz: {imgsz}; expected 32..4096 pixels")
+    if not 1 <= n_classes <= MAX_CLASSES:
+        raise UserError(f"classes: {n_classes}; expected 1..{MAX_CLASSES}")
+    out = Path(out).absolute()
+    rng = np.random.default_rng(seed)
+    with atomic_dir(out, replace_if=_is_synth_output) as tmp:
+        for split, n in (("train", n_train), ("val", n_val)):
+            (tmp / "images" / split).mkdir(parents=True)
+            (tmp / "labels" / split).mkdir(parents=True)
+            for i in range(n):
+                img, lines = _render(rng, imgsz, n_classes, task)
+                img.save(tmp / "images" / split / f"{i:05d}.png", optimize=False)
+                (tmp / "labels" / split / f"{i:05d}.txt").write_text("".join(line + "\n" for line in lines))
+        meta = {
+            "path": str(out), "train": "images/train", "val": "images/val",
+            "names": dict(enumerate(class_names(n_classes))),
+            "synth": {"task": task, "seed": seed, "imgsz": imgsz, "n_train": n_train, "n_val": n_val},
+        }
+        (tmp / "data.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    return out / "data.yaml"
