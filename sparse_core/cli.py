@@ -12,7 +12,10 @@ import importlib
 import os
 import sys
 
-from sparse_core.errors import UserError
+# Ultralytics reads this at import time: keep it offline (no update checks, hub calls or downloads).
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+from sparse_core.errors import UserError  # noqa: E402
 
 # subcommand name -> module that registers it
 COMMANDS = {
@@ -47,7 +50,6 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("YOLO_OFFLINE", "1")
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

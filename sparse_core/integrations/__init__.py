@@ -1,0 +1,1 @@
+"""Integrations of the recipe lifecycle with training frameworks (Ultralytics today)."""

@@ -1,0 +1,66 @@
+"""``sparsepipe train`` and ``sparsepipe val`` (flags compatible with SparseML's ``sparseml.ultralytics.train``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a YOLO model with an optional sparsification recipe")
+    p.add_argument("--model", help="Ultralytics model yaml, .pt checkpoint or zoo: stub")
+    p.add_argument("--data", help="Ultralytics data yaml")
+    p.add_argument("--recipe", help="recipe .yaml/.md or zoo: stub")
+    p.add_argument("--recipe-args", "--recipe_args", dest="recipe_args", help="JSON overrides of recipe variables")
+    p.add_argument("--epochs", type=int, help="epochs when the recipe does not set them")
+    p.add_argument("--imgsz", "--img-size", "--image-size", dest="imgsz", type=int, default=640)
+    p.add_argument("--batch", "--batch-size", dest="batch", type=int, default=16)
+    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--gradient-accum-steps", "--gradient_accum_steps", dest="gradient_accum_steps", type=int,
+                   default=1)
+    p.add_argument("--project", default="runs/sparsepipe")
+    p.add_argument("--name", default="train")
+    p.add_argument("--resume", metavar="CKPT", help="continue an interrupted run from its last.pt")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--zoo", help="zoo URI for zoo: stubs (default $SPARSEPIPE_ZOO)")
+    p.add_argument("--device", help="cpu, 0, 0,1 ... (default: first GPU if any)")
+    p.add_argument("--no-plots", dest="plots", action="store_false", help="skip Ultralytics' plots")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    p.set_defaults(func=_train)
+
+    v = sub.add_parser("val", help="evaluate a checkpoint, an ONNX model or a deployment folder")
+    v.add_argument("--weights", required=True)
+    v.add_argument("--data")
+    v.add_argument("--imgsz", type=int)
+    v.add_argument("--batch", type=int, default=16)
+    v.add_argument("--device")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=_val)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from sparse_core.integrations.ultralytics import train
+
+    summary = train(model=args.model, data=args.data, recipe=args.recipe, recipe_args=args.recipe_args,
+                    epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, workers=args.workers,
+                    gradient_accum_steps=args.gradient_accum_steps, project=args.project, name=args.name,
+                    resume=args.resume, seed=args.seed, zoo=args.zoo, plots=args.plots, device=args.device)
+    _print(summary, args.json)
+    return 0
+
+
+def _val(args: argparse.Namespace) -> int:
+    from sparse_core.integrations.ultralytics import val
+
+    _print(val(args.weights, data=args.data, imgsz=args.imgsz, batch=args.batch, device=args.device), args.json)
+    return 0
+
+
+def _print(summary: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary))
+        return
+    for key in ("map50", "map50_95", "mask_map50", "mask_map50_95", "sparsity", "epochs", "save_dir"):
+        if key in summary:
+            value = summary[key]
+            print(f"{key:>14}: {value:.4f}" if isinstance(value, float) else f"{key:>14}: {value}")
