@@ -1,0 +1,37 @@
+"""``sparsepipe export --weights W --out DIR [--imgsz N] [--batch N] [--opset N] [--json]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export", help="export a checkpoint to an ONNX deployment folder",
+        description="Write DIR/model.onnx (FP32, or QDQ INT8 for QAT checkpoints), recipe.yaml, data.yaml, export.json.",
+    )
+    p.add_argument("--weights", required=True, help="sparsepipe/Ultralytics .pt checkpoint")
+    p.add_argument("--out", required=True, help="deployment folder to write (replaced atomically if it exists)")
+    p.add_argument("--imgsz", type=int, default=None, help="square input size, a multiple of the stride (default: training imgsz)")
+    p.add_argument("--batch", type=int, default=1, help="static batch size (default 1)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 13..21 (default 17)")
+    p.add_argument("--no-simplify", dest="simplify", action="store_false", help="skip onnxslim graph simplification")
+    p.add_argument("--json", action="store_true", help="print export.json as one JSON line last")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sparse_core.export import export_model
+
+    info = export_model(args.weights, args.out, imgsz=args.imgsz, batch=args.batch, opset=args.opset, simplify=args.simplify)
+    ins, outs = info["inputs"][0], info["outputs"]
+    print(f"exported {args.weights} -> {args.out}/model.onnx ({'QDQ INT8' if info['quantized'] else 'FP32'}, opset {info['opset']})")
+    print(f"  input {ins['name']} {ins['shape']}; outputs " + ", ".join(f"{o['name']} {o['shape']}" for o in outs))
+    print(f"  size {info['size_bytes'] / 1e6:.2f} MB, gzip {info['size_gzip_bytes'] / 1e6:.2f} MB; conv weight sparsity "
+          f"{info['sparsity']:.2%} ({info['zeros']} zeros); parity max abs diff {info['parity_max_abs_diff']:.2e}")
+    if info["ort_optimized"]["integer_ops"]:
+        print(f"  onnxruntime integer kernels: {info['ort_optimized']['integer_ops']}")
+    if args.json:
+        print(json.dumps(info))
+    return 0
