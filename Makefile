@@ -1,7 +1,7 @@
 # One entry point for people and CI. The venv is rebuilt only when pyproject.toml changes.
 PY ?= python3
 VENV := .venv
-STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml scripts/install.sh | sha256sum | cut -c1-16)
 BIN := $(VENV)/bin
 export YOLO_OFFLINE := 1
 export SPARSEPIPE_HOME ?= $(CURDIR)/.sparsepipe
@@ -10,10 +10,10 @@ export SPARSEPIPE_HOME ?= $(CURDIR)/.sparsepipe
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# scripts/install.sh is the one install recipe (manifests/Dockerfile runs it too): torch pair first, then the project.
+$(STAMP): pyproject.toml scripts/install.sh
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[dev]'
+	PIP_FLAGS=-q sh scripts/install.sh $(BIN)/python -e '.[dev]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
