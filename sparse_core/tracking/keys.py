@@ -1,0 +1,29 @@
+"""Standard metric and tag names, so every run (train, export, benchmark, pipeline step) lines up in the MLflow
+UI compare page and in ``promote_champion``."""
+
+# metric key -> what it is. Loggers use these names exactly; anything else is logged under its own name too.
+METRICS = {
+    "map50": "box mAP@0.5 on the validation set (0..1)",
+    "map50_95": "box mAP@0.5:0.95 (0..1)",
+    "mask_map50": "mask mAP@0.5 (segmentation models)",
+    "mask_map50_95": "mask mAP@0.5:0.95 (segmentation models)",
+    "sparsity": "fraction of zero weights over the prunable layers (0..1)",
+    "images_per_s": "benchmark throughput, images per second",
+    "latency_p50_ms": "benchmark median latency per batch, ms",
+    "latency_p90_ms": "benchmark 90th percentile latency per batch, ms",
+    "size_mb": "model.onnx size, MB",
+    "size_gzip_mb": "model.onnx gzip-compressed size, MB (zeros compress)",
+}
+METRIC_KEYS = tuple(METRICS)
+
+# lineage tags set on runs and on registered model versions (see lineage_tags)
+TAG_RECIPE_SHA256 = "recipe_sha256"
+TAG_GIT_COMMIT = "git_commit"
+TAG_VERSION = "sparsepipe_version"
+TAG_PIPELINE_RUN_ID = "pipeline_run_id"
+TAG_DATA_HASH = "data_hash"
+TAG_BASE = "base_model"
+TAG_ONNX_SHA256 = "onnx_sha256"
+LINEAGE_TAG_KEYS = (TAG_RECIPE_SHA256, TAG_GIT_COMMIT, TAG_VERSION, TAG_PIPELINE_RUN_ID, TAG_DATA_HASH, TAG_BASE)
+# a model version (or its run) tagged baseline=dense is the reference for constraints such as 'map50>=0.9*dense'
+TAG_BASELINE = "baseline"
