@@ -1,0 +1,225 @@
+"""RecipeManager: runs a resolved recipe's modifiers on a torch model + optimizer.
+
+Lifecycle: ``initialize(epoch)`` (resolve selectors, build executors, hook the optimizer) → ``update(epoch)`` every
+step with the fractional epoch → ``finalize()`` (unhook; weights stay zeroed; the model is plain again).
+
+Masks survive training because the optimizer is hooked on both sides of ``step()``: before it, masked gradients
+are zeroed (so momentum / Adam moments of pruned weights stay 0); after it, masked weights are zeroed again (so
+weight decay or leftover momentum cannot revive them). Quantization and distillation are executed by handlers
+registered with ``register_handler`` (issue 3/8); without one they raise NotSupportedYet, never a silent no-op.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from sparse_core.errors import NotSupportedYet, UserError
+from sparse_core.modifiers.lr import LRExecutor
+from sparse_core.modifiers.pruning import ConstantPruningExecutor, GMPExecutor, PruningExecutor
+from sparse_core.modifiers.selectors import prunable_names, resolve_params
+from sparse_core.recipe.recipe import Recipe
+from sparse_core.recipe.schemas import GMPruningModifier, Modifier
+
+# type_name -> factory(modifier, manager, where) returning an object with optional methods
+# initialize(epoch), update(epoch) -> bool | None, finalize(), state_dict() -> dict, load_state_dict(dict)
+_HANDLERS: dict[str, Callable[..., Any]] = {}
+
+
+def register_handler(type_name: str, factory: Callable[..., Any]) -> None:
+    """Plug in the executor of a modifier type this module does not run itself (QAT, distillation)."""
+    _HANDLERS[type_name] = factory
+
+
+class RecipeManager:
+    """Applies ``recipe`` to ``model`` (and ``optimizer`` for LR / weight decay and mask hooks)."""
+
+    def __init__(self, recipe: Recipe, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                 steps_per_epoch: int = 1):
+        self.recipe, self.model, self.optimizer = recipe, model, optimizer
+        self.steps_per_epoch = max(int(steps_per_epoch), 1)
+        self.epoch: float = 0.0
+        self.pruners: list[PruningExecutor] = []
+        self.lrs: list[LRExecutor] = []
+        self.handlers: list[tuple[Modifier, Any]] = []
+        self.initialized = False
+        self._hooks: list[Any] = []
+        self._masked: list[tuple[str, torch.nn.Parameter, torch.Tensor]] = []  # (name, param, float mask)
+        self._foreach: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+
+    def _where(self, mod: Modifier) -> str:
+        return f"{self.recipe.path or '<recipe>'}:{mod.line}: {mod.type_name}"
+
+    # ------------------------------------------------------------------------------------------------ lifecycle
+
+    def initialize(self, epoch: float = 0.0) -> None:
+        """Resolve selectors, create executors and masks due at ``epoch``, hook the optimizer."""
+        if self.initialized:
+            raise RuntimeError("RecipeManager.initialize called twice")
+        params = dict(self.model.named_parameters())
+        for mod in self.recipe.modifiers:
+            where = self._where(mod)
+            if mod.kind == "pruning":
+                self.pruners.append(self._pruner(mod, where, params))
+            elif mod.kind in ("lr", "wd"):
+                self.lrs.append(LRExecutor(mod, where, self.optimizer))
+            elif mod.kind == "epoch":
+                continue
+            elif mod.type_name in _HANDLERS:
+                self.handlers.append((mod, _HANDLERS[mod.type_name](mod, self, where)))
+            else:
+                raise NotSupportedYet(f"{where}: {mod.type_name} ({mod.kind}) cannot be applied yet in this build; "
+                                      "it is parsed and validated only")
+        if self.optimizer is not None:
+            self._hooks.append(self.optimizer.register_step_pre_hook(lambda opt, a, k: self._mask_grads()))
+            self._hooks.append(self.optimizer.register_step_post_hook(lambda opt, a, k: self._mask_weights()))
+        self.initialized = True
+        for _, handler in self.handlers:
+            if hasattr(handler, "initialize"):
+                handler.initialize(epoch)
+        self.update(epoch)
+
+    def _pruner(self, mod: Modifier, where: str, params: dict[str, torch.nn.Parameter]) -> PruningExecutor:
+        if isinstance(mod, GMPruningModifier):
+            final: dict[str, float] = {}
+            for selector, sparsity in mod.selector_sparsities():
+                for name in resolve_params(selector, self.model, where):
+                    final.setdefault(name, sparsity)
+            names = [n for n in params if n in final]
+            return GMPExecutor(mod, where, names, params, final)
+        names = resolve_params(mod.params, self.model, where)
+        return ConstantPruningExecutor(mod, where, names, params)
+
+    def update(self, epoch: float) -> bool:
+        """Advance to ``epoch`` (fractional): update masks when due, set LR / weight decay; True if masks changed."""
+        if not self.initialized:
+            raise RuntimeError("RecipeManager.update before initialize")
+        self.epoch = float(epoch)
+        changed = False
+        for pruner in self.pruners:
+            changed |= pruner.update(self.epoch)
+        for lr in self.lrs:
+            lr.update(self.epoch)
+        for _, handler in self.handlers:
+            if hasattr(handler, "update"):
+                changed |= bool(handler.update(self.epoch))
+        if changed:
+            self._rebuild_masks()
+            self._mask_weights()
+        return changed
+
+    def lr_active(self, epoch: float) -> bool:
+        """True when a recipe LR modifier controls the LR at ``epoch`` (the trainer's scheduler must not)."""
+        return any(lr.active(epoch) for lr in self.lrs)
+
+    def finalize(self) -> None:
+        """Remove hooks and masks; masked weights stay zero and the model is an ordinary module."""
+        self._mask_weights()
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        for _, handler in self.handlers:
+            if hasattr(handler, "finalize"):
+                handler.finalize()
+        self._masked = []
+        self._foreach = ([], [])
+        self.initialized = False
+
+    # ------------------------------------------------------------------------------------------------ masks
+
+    @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        """Active bool masks by parameter name (AND of every enabled pruning modifier covering the parameter)."""
+        out: dict[str, torch.Tensor] = {}
+        for pruner in self.pruners:
+            if not pruner.enabled or pruner.masks is None:
+                continue
+            for name, mask in pruner.masks.items():
+                out[name] = mask if name not in out else (out[name] & mask)
+        return out
+
+    def _rebuild_masks(self) -> None:
+        params = dict(self.model.named_parameters())
+        self._masked = [(n, params[n], m.to(params[n].dtype)) for n, m in self.masks.items()]
+        self._foreach = ([p.data for _, p, _ in self._masked], [m for _, _, m in self._masked])
+
+    @torch.no_grad()
+    def _mask_weights(self) -> None:
+        if self._foreach[0]:
+            torch._foreach_mul_(*self._foreach)
+
+    @torch.no_grad()
+    def _mask_grads(self) -> None:
+        grads, masks = [], []
+        for _, param, mask in self._masked:
+            if param.grad is not None:
+                grads.append(param.grad)
+                masks.append(mask)
+        if grads:
+            torch._foreach_mul_(grads, masks)
+
+    @torch.no_grad()
+    def apply_masks(self, model: torch.nn.Module | None = None) -> None:
+        """Zero masked weights in ``model`` (default: the managed one), matched by parameter name — e.g. the
+        trainer's EMA copy, which the optimizer hooks do not reach."""
+        if model is None or model is self.model:
+            self._mask_weights()
+            return
+        params = dict(model.named_parameters())
+        for name, _, mask in self._masked:
+            target = params.get(name)
+            if target is None:
+                raise UserError(f"apply_masks: model has no parameter '{name}' (masks are by name)")
+            target.data.mul_(mask.to(device=target.device, dtype=target.dtype))
+
+    def sparsity(self, model: torch.nn.Module | None = None) -> tuple[float, dict[str, float]]:
+        """(overall, per-layer) fraction of zeros over the pruned params, or all Conv/Linear weights if none."""
+        model = model or self.model
+        names = [n for p in self.pruners for n in p.names]
+        if not names:
+            names = prunable_names(model)
+        params = dict(model.named_parameters())
+        per_layer, zeros, total = {}, 0, 0
+        for name in dict.fromkeys(names):
+            p = params.get(name)
+            if p is None:
+                continue
+            nz = int((p.detach() == 0).sum())
+            per_layer[name] = nz / p.numel()
+            zeros += nz
+            total += p.numel()
+        return (zeros / total if total else 0.0), per_layer
+
+    # ------------------------------------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict:
+        """Masks (bool, by name) and schedule position, for checkpoints; ``load_state_dict`` resumes from it."""
+        return {
+            "epoch": self.epoch,
+            "recipe_sha256": self.recipe.sha256,
+            "masks": {n: m.clone() for n, m in self.masks.items()},
+            "pruners": [p.state() for p in self.pruners],
+            "lrs": [lr.state() for lr in self.lrs],
+            "handlers": [h.state_dict() if hasattr(h, "state_dict") else {} for _, h in self.handlers],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore masks and schedule position saved by ``state_dict`` (call after ``initialize``)."""
+        if not self.initialized:
+            raise RuntimeError("RecipeManager.load_state_dict before initialize")
+        pruners, lrs = state.get("pruners", []), state.get("lrs", [])
+        if len(pruners) != len(self.pruners) or len(lrs) != len(self.lrs):
+            raise UserError(f"{self.recipe.path or '<recipe>'}: saved recipe state has {len(pruners)} pruning and "
+                            f"{len(lrs)} LR modifiers; this recipe has {len(self.pruners)} and {len(self.lrs)} — "
+                            "resume with the recipe the checkpoint was trained with")
+        for pruner, saved in zip(self.pruners, pruners):
+            pruner.load(saved)
+        for lr, saved in zip(self.lrs, lrs):
+            lr.load(saved)
+        for (_, handler), saved in zip(self.handlers, state.get("handlers", [])):
+            if hasattr(handler, "load_state_dict"):
+                handler.load_state_dict(saved)
+        self.epoch = float(state.get("epoch", self.epoch))
+        self._rebuild_masks()
+        self._mask_weights()

@@ -1,0 +1,390 @@
+"""Recipe = SparseML recipe text resolved into validated modifier objects.
+
+Resolution order (SparseML's): read YAML / Markdown front matter → top-level variables → apply ``recipe_args``
+overrides to the variables → evaluate ``eval(expr)`` variables (they may use each other) → evaluate every
+``eval(expr)`` inside modifiers → validate each modifier strictly. Any top-level list whose key ends in
+``modifiers`` is a modifier group (so the seeds' misspelled ``knowledge_disitillation_modifiers`` works).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from sparse_core.errors import UserError
+from sparse_core.recipe import schemas
+from sparse_core.recipe.safe_eval import EvalError, eval_expression, safe_eval
+from sparse_core.recipe.yaml_source import LineDict, LineList, front_matter, load_yaml, looks_like_markdown
+
+Modifier = schemas.Modifier
+PRUNING_TYPES = ("GMPruningModifier", "MagnitudePruningModifier", "GlobalMagnitudePruningModifier")
+LR_TYPES = ("SetLearningRateModifier", "LearningRateFunctionModifier", "LearningRateModifier")
+
+
+def parse_recipe_args(text: str | dict | None) -> dict:
+    """``--recipe-args`` JSON (or an already-parsed dict) → dict; bad JSON is a UserError."""
+    if text is None or text == "":
+        return {}
+    if isinstance(text, dict):
+        return dict(text)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(
+            f"--recipe-args: not valid JSON ({err.msg} at column {err.colno}); "
+            'expected an object such as \'{"num_epochs": 15}\''
+        ) from None
+    if not isinstance(value, dict):
+        raise UserError(f"--recipe-args: got a JSON {type(value).__name__}; expected an object such as '{{\"num_epochs\": 15}}'")
+    return value
+
+
+def _read_source(source: str | os.PathLike) -> tuple[str | None, str]:
+    """(path or None, text): an existing path, else raw text when it has ':' or a newline, else a missing file."""
+    if isinstance(source, str) and not os.path.exists(source) and (":" in source or "\n" in source):
+        return None, source
+    path = Path(source)
+    if not path.exists():
+        raise UserError(f"{path}: recipe file not found")
+    if not path.is_file():
+        raise UserError(f"{path}: is a directory; expected a recipe .yaml/.yml/.md file")
+    try:
+        return str(path), path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text; expected a YAML or Markdown recipe") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from None
+
+
+class Recipe:
+    """A resolved recipe: ``variables`` (overrides applied, evaluated) and ``modifiers`` in file order."""
+
+    def __init__(self, path: str | None, original_text: str, args: dict, variables: dict,
+                 modifiers: list[Modifier], version: Any = None):
+        self.path = path
+        self.original_text = original_text
+        self.args = dict(args)
+        self.variables = variables
+        self.modifiers = modifiers
+        self.version = version
+        self.sha256 = hashlib.sha256(original_text.encode("utf-8")).hexdigest()
+
+    def __repr__(self) -> str:
+        return f"Recipe({self.path or '<text>'}, {len(self.modifiers)} modifiers, epochs={self.num_epochs()})"
+
+    # ------------------------------------------------------------------------------------------------ queries
+
+    def of_type(self, *names: str) -> list[Modifier]:
+        """Modifiers whose type name is one of ``names`` (file order)."""
+        return [m for m in self.modifiers if m.type_name in names]
+
+    def of_kind(self, *kinds: str) -> list[Modifier]:
+        """Modifiers whose executor kind ('epoch', 'lr', 'wd', 'pruning', 'quantization', 'distillation') matches."""
+        return [m for m in self.modifiers if m.kind in kinds]
+
+    def num_epochs(self) -> float | None:
+        """Training length: EpochRangeModifier end_epoch (max), else the latest end_epoch of any modifier."""
+        ranges = self.of_type("EpochRangeModifier")
+        if ranges:
+            return max(m.end_epoch for m in ranges)
+        ends = [getattr(m, "end_epoch", -1.0) for m in self.modifiers]
+        ends += [getattr(m, "start_epoch", -1.0) for m in self.modifiers]
+        ends = [e for e in ends if e is not None and e >= 0]
+        return max(ends) if ends else None
+
+    def qat_start_epoch(self) -> float | None:
+        """The first QuantizationModifier start epoch (-1 counts as 0), None without quantization."""
+        starts = [max(m.start_epoch, 0.0) for m in self.of_type("QuantizationModifier")]
+        return min(starts) if starts else None
+
+    # ------------------------------------------------------------------------------------------------ output
+
+    def to_yaml(self) -> str:
+        """The resolved recipe (numbers instead of eval, overrides applied) as YAML that loads back equal."""
+        doc: dict[str, Any] = {}
+        if self.version is not None:
+            doc["version"] = self.version
+        doc.update(self.variables)
+        groups: dict[str, list] = {}
+        for mod in self.modifiers:
+            groups.setdefault(mod.group, []).append(_Tagged(mod.type_name, mod.fields()))
+        doc.update(groups)
+        return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120)
+
+    def summary(self) -> dict[str, object]:
+        """Flat ``{key: scalar}`` for MLflow params: epochs, counts, and per-modifier scalar fields.
+
+        Keys: ``epochs``, ``recipe.sha256``, ``recipe.modifiers``, then ``<prefix>.<field>`` for the first modifier
+        of each kind (prefix prune/quant/lr/distill/wd/epoch) and ``<prefix>.<i>.<field>`` for later ones, e.g.
+        ``prune.final_sparsity``, ``prune.1.final_sparsity``, ``quant.start_epoch``. Lists become short strings.
+        """
+        prefixes = {"pruning": "prune", "quantization": "quant", "lr": "lr", "distillation": "distill",
+                    "wd": "wd", "epoch": "epoch"}
+        out: dict[str, object] = {"epochs": self.num_epochs(), "recipe.sha256": self.sha256,
+                                  "recipe.modifiers": len(self.modifiers)}
+        seen: dict[str, int] = {}
+        for mod in self.modifiers:
+            prefix = prefixes.get(mod.kind, mod.kind)
+            index = seen.get(prefix, 0)
+            seen[prefix] = index + 1
+            key = prefix if index == 0 else f"{prefix}.{index}"
+            out[f"{key}.type"] = mod.type_name
+            for name, value in mod.fields().items():
+                if name == "log_types":
+                    continue
+                if isinstance(value, (list, dict)):
+                    text = json.dumps(value, default=str)
+                    value = text if len(text) <= 200 else f"{len(value)} entries"
+                out[f"{key}.{name}"] = value
+        return out
+
+    # ------------------------------------------------------------------------------------------------ stages
+
+    def split(self, stage: str) -> "Recipe":
+        """The part of the recipe one KFP training stage runs. Epochs stay absolute (the qat stage resumes the
+        sparse stage's checkpoint at its epoch).
+
+        - ``"sparse"``: every modifier except QuantizationModifier, with the epoch range, LR modifiers and
+          distillation cut at the QAT start epoch (modifiers starting at/after it are dropped); the whole recipe if
+          there is no QuantizationModifier.
+        - ``"qat"``: EpochRangeModifier; LR / weight-decay modifiers still acting at or after the QAT start (plus
+          the last SetLearningRateModifier before it, which defines the LR at the resume point); one
+          ConstantPruningModifier per pruning modifier over the same selectors (so the zeros the sparse stage made
+          stay zero) starting at the QAT start; distillation still running at the QAT start; QuantizationModifier.
+        """
+        qat = self.qat_start_epoch()
+        if stage == "sparse":
+            mods = [m for m in self.modifiers if m.type_name != "QuantizationModifier"]
+            if qat is not None:
+                mods = [_clip_end(m, qat) for m in mods if not _starts_at_or_after(m, qat)]
+        elif stage == "qat":
+            if qat is None:
+                raise UserError(f"{self.path or '<recipe>'}: no QuantizationModifier, so the recipe has no qat stage")
+            mods = _qat_stage(self.modifiers, qat)
+        else:
+            raise UserError(f"recipe split: unknown stage '{stage}'; expected 'sparse' or 'qat'")
+        part = Recipe(None, "", self.args, dict(self.variables), mods, self.version)
+        part.original_text = part.to_yaml()
+        part.sha256 = hashlib.sha256(part.original_text.encode()).hexdigest()
+        part.path = self.path
+        return part
+
+
+def _starts_at_or_after(mod: Modifier, epoch: float) -> bool:
+    return mod.kind in ("lr", "wd", "distillation") and getattr(mod, "start_epoch", -1.0) >= epoch and epoch > 0
+
+
+def _clip_end(mod: Modifier, epoch: float) -> Modifier:
+    end = getattr(mod, "end_epoch", None)
+    if mod.kind in ("epoch", "lr", "distillation") and end is not None and (end < 0 or end > epoch):
+        if mod.type_name == "LearningRateFunctionModifier":
+            return mod  # the function's shape is defined by its end; the trainer just stops at the epoch range
+        clipped = mod.model_copy(update={"end_epoch": epoch})
+        clipped.__pydantic_fields_set__ = set(mod.model_fields_set) | {"end_epoch"}
+        return clipped.placed(mod.group, mod.line)
+    return mod
+
+
+def _qat_stage(mods: list[Modifier], qat: float) -> list[Modifier]:
+    out: list[Modifier] = []
+    last_set_lr = None
+    for m in mods:
+        if m.type_name == "SetLearningRateModifier" and max(m.start_epoch, 0) < qat:
+            last_set_lr = m
+    for m in mods:
+        end = getattr(m, "end_epoch", -1.0)
+        if m.kind == "epoch" or m.type_name == "QuantizationModifier":
+            out.append(m)
+        elif m.kind in ("lr", "wd"):
+            if m is last_set_lr or (m.type_name != "SetLearningRateModifier" and (end < 0 or end > qat)) or (
+                getattr(m, "start_epoch", -1.0) >= qat
+            ):
+                out.append(m)
+        elif m.kind == "pruning":
+            selectors: Any = m.params
+            if isinstance(m, schemas.GMPruningModifier) and isinstance(m.final_sparsity, dict):
+                selectors = [s for names in m.final_sparsity.values() for s in names]
+            const = schemas.ConstantPruningModifier(params=selectors, start_epoch=qat)
+            out.append(const.placed(m.group, m.line))
+        elif m.kind == "distillation" and (end < 0 or end > qat):
+            out.append(m)
+    return out
+
+
+class _Tagged:
+    def __init__(self, tag: str, fields: dict):
+        self.tag, self.fields = tag, fields
+
+
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that writes modifiers as ``!Name`` mappings and never uses anchors."""
+
+    def ignore_aliases(self, data):
+        return True
+
+
+_Dumper.add_representer(_Tagged, lambda d, t: d.represent_mapping("!" + t.tag, t.fields))
+_Dumper.add_representer(LineDict, lambda d, m: d.represent_dict(dict(m)))
+_Dumper.add_representer(LineList, lambda d, s: d.represent_list(list(s)))
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+
+
+def load_recipe(source: str | os.PathLike, recipe_args: dict | str | None = None) -> Recipe:
+    """Load, override, evaluate and validate a recipe; every problem is a one-line UserError with file:line."""
+    path, text = _read_source(source)
+    label = path or "<recipe>"
+    args = parse_recipe_args(recipe_args)
+    is_md = (path is not None and path.lower().endswith(".md")) or (path is None and looks_like_markdown(text))
+    yaml_text = front_matter(text, label) if is_md else text
+    raw = load_yaml(yaml_text, label)
+    if raw is None:
+        raise UserError(f"{label}:1: recipe is empty; expected variables and at least one '*modifiers' list")
+    if not isinstance(raw, dict):
+        raise UserError(f"{label}:1: recipe top level is a {type(raw).__name__}; expected a mapping of variables "
+                        "and '*modifiers' lists")
+    resolver = _Resolver(label, raw, args)
+    return Recipe(path, text, args, resolver.variables, resolver.modifiers, raw.get("version"))
+
+
+class _Resolver:
+    """Turns the loaded YAML mapping into variables + modifiers, with file:line in every error."""
+
+    def __init__(self, label: str, raw: LineDict, args: dict):
+        self.label = label
+        self.raw_vars: dict[str, Any] = {}
+        self.var_lines: dict[str, int] = {}
+        groups: list[tuple[str, Any, int]] = []
+        for key, value in raw.items():
+            line = raw.key_lines.get(key, 1)
+            if not isinstance(key, str):
+                raise UserError(f"{label}:{line}: top-level key {key!r} is not a name")
+            if key == "version":
+                continue
+            if key.endswith("modifiers"):
+                if value is None:
+                    value = LineList()
+                if not isinstance(value, list):
+                    raise UserError(f"{label}:{line}: {key}: is a {type(value).__name__}; expected a list of "
+                                    "'- !ModifierName' entries")
+                groups.append((key, value, line))
+            elif isinstance(value, LineDict) and value.tag:
+                raise UserError(f"{label}:{line}: {key}: !{value.tag} outside a '*modifiers' list; expected it as "
+                                f"an entry of a list whose key ends in 'modifiers'")
+            else:
+                self.raw_vars[key] = value
+                self.var_lines[key] = line
+        if not groups:
+            raise UserError(f"{label}:1: recipe has no modifiers; expected a top-level list whose key ends in "
+                            "'modifiers' (e.g. training_modifiers)")
+        for key in args:
+            if key not in self.raw_vars:
+                known = ", ".join(self.raw_vars) or "none"
+                raise UserError(f"{label}: --recipe-args: '{key}' is not a variable of this recipe (variables: {known})")
+        self.raw_vars.update(copy.deepcopy(args))
+        self.overridden = set(args)
+        self.variables: dict[str, Any] = {}
+        self._resolving: list[str] = []
+        for name in self.raw_vars:
+            self._variable(name)
+        self.modifiers = [m for key, items, line in groups for m in self._group(key, items, line)]
+
+    # variables -------------------------------------------------------------------------------------------
+
+    def _var_where(self, name: str) -> str:
+        return "--recipe-args" if name in self.overridden else f"{self.var_lines.get(name, 1)}"
+
+    def _variable(self, name: str) -> Any:
+        if name in self.variables:
+            return self.variables[name]
+        if name in self._resolving:
+            cycle = " -> ".join(self._resolving[self._resolving.index(name):] + [name])
+            raise UserError(f"{self.label}:{self._var_where(name)}: {name}: variables refer to each other in a "
+                            f"cycle ({cycle})")
+        self._resolving.append(name)
+        try:
+            value = self._value(self.raw_vars[name], name, self._var_where(name))
+        finally:
+            self._resolving.pop()
+        self.variables[name] = value
+        return value
+
+    def _lookup(self, name: str) -> Any:
+        if name not in self.raw_vars:
+            raise KeyError(name)
+        return self._variable(name)
+
+    def _value(self, value: Any, field: str, line: int | str) -> Any:
+        """Evaluate eval(...) strings anywhere inside ``value``; plain containers come back as dict/list."""
+        expr = eval_expression(value)
+        if expr is not None:
+            try:
+                return safe_eval(expr, self._lookup)
+            except EvalError as err:
+                raise UserError(f"{self.label}:{line}: {field}: {err}") from None
+        if isinstance(value, dict):
+            lines = getattr(value, "key_lines", {})
+            return {k: self._value(v, field, lines.get(k, line)) for k, v in value.items()}
+        if isinstance(value, list):
+            lines = getattr(value, "item_lines", [])
+            return [self._value(v, field, lines[i] if i < len(lines) else line) for i, v in enumerate(value)]
+        return value
+
+    # modifiers -------------------------------------------------------------------------------------------
+
+    def _group(self, key: str, items: list, line: int):
+        item_lines = getattr(items, "item_lines", [])
+        for i, item in enumerate(items):
+            item_line = item_lines[i] if i < len(item_lines) else line
+            yield self._modifier(key, item, item_line)
+
+    def _modifier(self, group: str, item: Any, line: int) -> Modifier:
+        label = self.label
+        if isinstance(item, LineDict) and item.tag:
+            type_name, raw_fields, field_lines = item.tag, item, item.key_lines
+        elif isinstance(item, dict) and len(item) == 1 and isinstance(next(iter(item.values())), (dict, type(None))):
+            type_name = next(iter(item))
+            raw_fields = next(iter(item.values())) or LineDict()
+            field_lines = getattr(raw_fields, "key_lines", {})
+        else:
+            raise UserError(f"{label}:{line}: {group}: entry is not a modifier; expected '- !ModifierName' followed "
+                            "by its fields")
+        cls = schemas.MODIFIERS.get(type_name)
+        if cls is None:
+            known = ", ".join(sorted(schemas.MODIFIERS))
+            raise UserError(f"{label}:{line}: unknown modifier '{type_name}' (known: {known})")
+        allowed = list(cls.model_fields)
+        for name in raw_fields:
+            if name not in cls.model_fields:
+                raise UserError(f"{label}:{field_lines.get(name, line)}: {type_name}: unknown field '{name}' "
+                                f"(allowed: {', '.join(allowed)})")
+        values = {name: self._value(value, name, field_lines.get(name, line)) for name, value in raw_fields.items()}
+        try:
+            mod = cls(**values)
+        except ValidationError as err:
+            first = err.errors()[0]
+            field = str(first["loc"][0]) if first["loc"] else "?"
+            where = field_lines.get(field, line)
+            if first["type"] == "missing":
+                raise UserError(f"{label}:{line}: {type_name}: missing required field '{field}'") from None
+            got = values.get(field, None)
+            raise UserError(f"{label}:{where}: {type_name}: {field}: {_pydantic_msg(first)} (got {got!r})") from None
+        for field, problem in mod.problems():
+            raise UserError(f"{label}:{field_lines.get(field, line)}: {type_name}: {field}: {problem}")
+        return mod.placed(group, line)
+
+
+def _pydantic_msg(error: dict) -> str:
+    loc = ".".join(str(p) for p in error["loc"][1:])
+    msg = error["msg"]
+    if error["type"] == "extra_forbidden":
+        msg = "unknown key"
+    return f"{loc}: {msg}" if loc else msg
