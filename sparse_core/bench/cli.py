@@ -1,0 +1,51 @@
+"""``sparsepipe benchmark MODEL [--engine E] [--batch N] [--imgsz N] [--threads N] [--warmup N]
+[--iterations N | --seconds S] [--compare OTHER] [--json]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "benchmark", help="measure img/s, latency, size and sparsity of an exported model",
+        description="Benchmark an .onnx file or deployment folder on CPU; --compare runs a second model interleaved "
+        "in the same process and reports speedup (MODEL img/s / OTHER img/s) and size_ratio_gzip (OTHER / MODEL).",
+    )
+    p.add_argument("model", metavar="MODEL", help=".onnx file or deployment folder (holding model.onnx)")
+    p.add_argument("--engine", default="onnxruntime", help="onnxruntime (default) or deepsparse (if importable)")
+    p.add_argument("--batch", type=int, default=None, help="batch size (default: the model's static batch)")
+    p.add_argument("--imgsz", type=int, default=None, help="image size (must match a static input shape)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: CPUs available)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed runs per model first (default 10)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--iterations", type=int, default=None, help="timed runs per model")
+    g.add_argument("--seconds", type=float, default=None, help="time budget for the timed runs (default 10 s)")
+    p.add_argument("--compare", metavar="OTHER_MODEL", default=None, help="second model, run interleaved")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON line last")
+    p.set_defaults(func=run)
+
+
+def _row(r: dict) -> str:
+    lat = r["latency_ms"]
+    return (f"{r['images_per_s']:9.2f} img/s  mean {lat['mean']:.2f} p50 {lat['p50']:.2f} p90 {lat['p90']:.2f} "
+            f"p99 {lat['p99']:.2f} ms  {r['size_mb']:.2f} MB (gzip {r['size_gzip_mb']:.2f})  "
+            f"sparsity {r['sparsity']:.1%}{'  INT8' if r['quantized'] else ''}  {r['model']}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from sparse_core.bench import benchmark
+
+    r = benchmark(args.model, engine=args.engine, batch=args.batch, imgsz=args.imgsz, threads=args.threads,
+                  warmup=args.warmup, iterations=args.iterations, seconds=args.seconds, compare=args.compare)
+    cpu = r["cpu"]
+    print(f"{r['engine']} {r['engine_version']}, {r['threads']} threads, batch {r['batch']}, {r['imgsz']} px, "
+          f"{r['iterations']} iterations; CPU {cpu['model']} ({cpu['isa']})")
+    print(_row(r))
+    if "compare" in r:
+        print(_row(r["compare"]))
+        print(f"speedup {r['speedup']:.3f}x (interleaved), gzip size ratio {r['size_ratio_gzip']:.2f}x")
+    if args.json:
+        print(json.dumps(r))
+    return 0

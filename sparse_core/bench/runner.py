@@ -1,0 +1,218 @@
+"""Latency/throughput of an exported model, optionally against a second model run interleaved in the same process.
+
+Interleaving (A, B, B, A, ...) is what makes ``speedup`` trustworthy on a shared or throttling machine: both models
+see the same noise, so the ratio holds even when absolute figures drift. Sizes and sparsity come from the file, so
+a benchmark row is self-contained.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from sparse_core.bench.cpu import cpu_info
+from sparse_core.errors import UserError
+from sparse_core.export import graph
+
+ENGINES = ("onnxruntime", "deepsparse")
+DEFAULT_SECONDS = 10.0
+DEFAULT_IMGSZ = 640
+DEEPSPARSE_HINT = ("DeepSparse needs its own environment: python -m venv ds && ds/bin/pip install deepsparse==1.8.0 "
+                   "'numpy<2' onnx==1.14.1, then run sparsepipe benchmark from it; or use --engine onnxruntime")
+
+
+def resolve_model(path: str | os.PathLike) -> Path:
+    """An ``.onnx`` file, or a deployment folder holding ``model.onnx``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.onnx"
+    if not path.is_file():
+        raise UserError(f"{path}: model not found; expected an .onnx file or a deployment folder with model.onnx")
+    return path
+
+
+@dataclass
+class _Model:
+    """One model under test: its file facts, its input, and a zero-argument callable running one batch."""
+
+    path: Path
+    input_shape: list[int]
+    facts: dict[str, Any]
+    dtype: str = "float32"
+    run: Callable[[], Any] = lambda: None
+    engine_version: str = ""
+    latencies: list[float] = field(default_factory=list)
+
+
+def _input_shape(path: Path, proto, batch: int | None, imgsz: int | None) -> tuple[list[int], str]:
+    """Input shape to feed: static dims must match --batch/--imgsz; symbolic dims take them (or defaults)."""
+    sig = graph.io_signature(proto)["inputs"]
+    if len(sig) != 1 or len(sig[0]["shape"]) != 4:
+        raise UserError(f"{path}: expected one image input (N, C, H, W); found {[(i['name'], i['shape']) for i in sig]}")
+    (n, c, h, w), dtype = sig[0]["shape"], sig[0]["dtype"]
+    if batch is not None and isinstance(n, int) and n != batch:
+        raise UserError(f"--batch: {batch} does not match {path} (static input shape {sig[0]['shape']}); expected {n}")
+    if imgsz is not None and isinstance(h, int) and isinstance(w, int) and (h, w) != (imgsz, imgsz):
+        raise UserError(f"--imgsz: {imgsz} does not match {path} (static input shape {sig[0]['shape']}); expected {h}")
+    shape = [
+        n if isinstance(n, int) else (batch or 1),
+        c if isinstance(c, int) else 3,
+        h if isinstance(h, int) else (imgsz or DEFAULT_IMGSZ),
+        w if isinstance(w, int) else (imgsz or DEFAULT_IMGSZ),
+    ]
+    return shape, dtype
+
+
+def _facts(path: Path, proto) -> dict[str, Any]:
+    sizes = graph.file_sizes(path)
+    stats = graph.weight_stats(proto)
+    ops = graph.node_histogram(proto)
+    return {
+        "size_bytes": sizes["size_bytes"],
+        "size_gzip_bytes": sizes["size_gzip_bytes"],
+        "size_mb": round(sizes["size_bytes"] / 1e6, 4),
+        "size_gzip_mb": round(sizes["size_gzip_bytes"] / 1e6, 4),
+        "sparsity": stats["sparsity"],
+        "quantized": any(k in ops for k in ("QuantizeLinear", "DequantizeLinear")) or any(k in graph.INTEGER_OPS for k in ops),
+    }
+
+
+def _onnxruntime(m: _Model, x: np.ndarray, threads: int) -> None:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(str(m.path), opts, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        sess.run(None, {name: x})  # a model that loads but cannot run this input fails here, not mid-benchmark
+    except Exception as err:
+        raise UserError(f"{m.path}: onnxruntime cannot run this model ({type(err).__name__}: {str(err).splitlines()[0][:160]})") from None
+    m.run = lambda: sess.run(None, {name: x})
+    m.engine_version = ort.__version__
+
+
+def _deepsparse(m: _Model, x: np.ndarray, threads: int) -> None:
+    try:
+        import deepsparse
+    except Exception as err:  # ImportError, or its numpy/onnx pins clashing with ours
+        raise UserError(f"--engine deepsparse: DeepSparse is not importable ({type(err).__name__}: {err}). {DEEPSPARSE_HINT}") from None
+    try:
+        engine = deepsparse.compile_model(str(m.path), batch_size=x.shape[0], num_cores=threads)
+        engine([x])
+    except Exception as err:
+        raise UserError(f"{m.path}: DeepSparse cannot run this model ({type(err).__name__}: {str(err).splitlines()[0][:160]})") from None
+    m.run = lambda: engine([x])
+    m.engine_version = getattr(deepsparse, "__version__", "unknown")
+
+
+def _check_args(engine, batch, imgsz, threads, warmup, iterations, seconds) -> None:
+    if engine not in ENGINES:
+        raise UserError(f"--engine: {engine!r} is not supported; expected one of {', '.join(ENGINES)}")
+    for name, value in (("--batch", batch), ("--imgsz", imgsz), ("--threads", threads)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise UserError(f"{name}: {value} is invalid; expected an integer >= 1")
+    if not isinstance(warmup, int) or warmup < 0:
+        raise UserError(f"--warmup: {warmup} is invalid; expected an integer >= 0")
+    if iterations is not None and seconds is not None:
+        raise UserError("--iterations and --seconds: both given; expected one of them")
+    if iterations is not None and (not isinstance(iterations, int) or iterations < 1):
+        raise UserError(f"--iterations: {iterations} is invalid; expected an integer >= 1")
+    if seconds is not None and not seconds > 0:
+        raise UserError(f"--seconds: {seconds} is invalid; expected a number > 0")
+
+
+def _summary(m: _Model) -> dict[str, Any]:
+    lat = np.asarray(m.latencies) * 1e3
+    batch = m.input_shape[0]
+    return {
+        "model": str(m.path),
+        "input_shape": m.input_shape,
+        "iterations": len(lat),
+        "images_per_s": round(batch * len(lat) / (lat.sum() / 1e3), 3),
+        "latency_ms": {
+            "mean": round(float(lat.mean()), 4),
+            "p50": round(float(np.percentile(lat, 50)), 4),
+            "p90": round(float(np.percentile(lat, 90)), 4),
+            "p99": round(float(np.percentile(lat, 99)), 4),
+            "min": round(float(lat.min()), 4),
+            "max": round(float(lat.max()), 4),
+        },
+        **m.facts,
+    }
+
+
+def benchmark(
+    model: str | os.PathLike,
+    engine: str = "onnxruntime",
+    batch: int | None = None,
+    imgsz: int | None = None,
+    threads: int | None = None,
+    warmup: int = 10,
+    iterations: int | None = None,
+    seconds: float | None = None,
+    compare: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Benchmark ``model`` (.onnx or deployment folder); with ``compare``, both interleaved, plus their ratios.
+
+    ``batch``/``imgsz`` default to the model's static input shape (1 / 640 for symbolic dims); ``threads`` to the
+    CPUs this process may use; neither ``iterations`` nor ``seconds`` means ``DEFAULT_SECONDS`` of measurement.
+    """
+    _check_args(engine, batch, imgsz, threads, warmup, iterations, seconds)
+    threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if iterations is None and seconds is None:
+        seconds = DEFAULT_SECONDS
+    models = []
+    for p in [model] + ([compare] if compare is not None else []):
+        path = resolve_model(p)
+        proto = graph.load_onnx(path)
+        shape, dtype = _input_shape(path, proto, batch, imgsz)
+        models.append(_Model(path, shape, _facts(path, proto), dtype))
+    if len(models) == 2 and models[0].input_shape != models[1].input_shape:
+        raise UserError(f"--compare: {models[1].path} input shape {models[1].input_shape} differs from "
+                        f"{models[0].path} {models[0].input_shape}; expected both exported at the same --imgsz/--batch")
+    rng = np.random.default_rng(0)
+    x = rng.random(models[0].input_shape, dtype=np.float32)  # like a normalised image; content does not change speed
+    for m in models:
+        (_onnxruntime if engine == "onnxruntime" else _deepsparse)(m, x.astype(m.dtype), threads)
+
+    for _ in range(warmup):
+        for m in models:
+            m.run()
+    start, i = time.perf_counter(), 0
+    while True:
+        for m in models if i % 2 == 0 else models[::-1]:  # ABBA order: neither model always runs first
+            t0 = time.perf_counter()
+            m.run()
+            m.latencies.append(time.perf_counter() - t0)
+        i += 1
+        if (iterations is not None and i >= iterations) or (seconds is not None and time.perf_counter() - start >= seconds):
+            break
+
+    result = {
+        **_summary(models[0]),
+        "engine": engine,
+        "engine_version": models[0].engine_version,
+        "batch": models[0].input_shape[0],
+        "imgsz": models[0].input_shape[2],
+        "threads": threads,
+        "warmup": warmup,
+        "wall_s": round(time.perf_counter() - start, 3),
+        "cpu": cpu_info(),
+    }
+    if len(models) == 2:
+        other = _summary(models[1])
+        result["compare"] = other
+        result["interleaved"] = True
+        result["speedup"] = round(result["images_per_s"] / other["images_per_s"], 4)
+        result["size_ratio_gzip"] = round(other["size_gzip_bytes"] / result["size_gzip_bytes"], 4)
+    return result
