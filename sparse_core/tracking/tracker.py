@@ -71,7 +71,7 @@ def _as_float(value) -> float:
     return float(value)
 
 
-def _stage(src: Path, dest: Path) -> None:
+def stage_for_upload(src: Path, dest: Path) -> None:
     """Copy a file or folder for upload, replacing secrets in text files (binaries are copied unchanged)."""
     if src.is_dir():
         shutil.copytree(src, dest)
@@ -225,7 +225,7 @@ class Tracker:
         if not src.exists():
             raise UserError(f"{src}: artifact not found")
         staged = self._staging_dir() / src.name
-        _stage(src, staged)
+        stage_for_upload(src, staged)
         self._queue_artifact(staged, artifact_path)
 
     def log_text(self, text: str, artifact_file: str) -> None:
