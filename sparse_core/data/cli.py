@@ -15,6 +15,21 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    from sparse_core.data.prepare import prepare_dataset
+
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes is not None else None
+    stats = prepare_dataset(args.src, args.format, args.out, task=args.task, val_fraction=args.val_fraction,
+                            classes=classes, strict=args.strict)
+    if args.json:
+        print(json.dumps(stats))
+    else:
+        images = ", ".join(f"{k} {v}" for k, v in stats["images"].items())
+        print(f"prepared {args.out}: images {images}; {stats['instances']} instances; "
+              f"content hash {stats['content_hash'][:16]}")
+    return 0
+
+
 def register(subparsers) -> None:
     data = subparsers.add_parser("data", help="generate or prepare data sets")
     sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -28,3 +43,15 @@ def register(subparsers) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--classes", type=int, default=3, help="number of classes (shape/colour pairs)")
     s.set_defaults(func=_synth)
+
+    p = sub.add_parser("prepare", help="validate a YOLO/COCO/VOC data set and write an Ultralytics one")
+    p.add_argument("src", help="source: data.yaml or folder (yolo), .json or folder (coco), VOC root (voc)")
+    p.add_argument("--format", required=True, choices=["yolo", "coco", "voc"])
+    p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    p.add_argument("--task", choices=["detect", "segment"], default="detect")
+    p.add_argument("--val-fraction", "--val_fraction", type=float, default=0.2, dest="val_fraction",
+                   help="share of images for val when the source has no val split")
+    p.add_argument("--classes", help="comma-separated class names: order = class ids")
+    p.add_argument("--strict", action="store_true", help="stop at the first problem")
+    p.add_argument("--json", action="store_true", help="print the stats as one JSON object on the last line")
+    p.set_defaults(func=_prepare)

@@ -117,10 +117,12 @@ def synth_dataset(out: str | os.PathLike, task: str = "detect", n_train: int = 6
     out = Path(out).absolute()
     rng = np.random.default_rng(seed)
     with atomic_dir(out, replace_if=_is_synth_output) as tmp:
+        ids = iter(range(n_train + n_val))  # numbered across splits: names stay unique (VOC keeps one folder)
         for split, n in (("train", n_train), ("val", n_val)):
             (tmp / "images" / split).mkdir(parents=True)
             (tmp / "labels" / split).mkdir(parents=True)
-            for i in range(n):
+            for _ in range(n):
+                i = next(ids)
                 img, lines = _render(rng, imgsz, n_classes, task)
                 img.save(tmp / "images" / split / f"{i:05d}.png", optimize=False)
                 (tmp / "labels" / split / f"{i:05d}.txt").write_text("".join(line + "\n" for line in lines))
