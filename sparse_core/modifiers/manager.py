@@ -47,6 +47,7 @@ class RecipeManager:
         self._hooks: list[Any] = []
         self._masked: list[tuple[str, torch.nn.Parameter, torch.Tensor]] = []  # (name, param, float mask)
         self._foreach: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+        self._pending = False
 
     def _where(self, mod: Modifier) -> str:
         return f"{self.recipe.path or '<recipe>'}:{mod.line}: {mod.type_name}"
@@ -72,13 +73,15 @@ class RecipeManager:
                 raise NotSupportedYet(f"{where}: {mod.type_name} ({mod.kind}) cannot be applied yet in this build; "
                                       "it is parsed and validated only")
         if self.optimizer is not None:
-            self._hooks.append(self.optimizer.register_step_pre_hook(lambda opt, a, k: self._mask_grads()))
+            self._hooks.append(self.optimizer.register_step_pre_hook(lambda opt, a, k: self._before_step()))
             self._hooks.append(self.optimizer.register_step_post_hook(lambda opt, a, k: self._mask_weights()))
         self.initialized = True
         for _, handler in self.handlers:
             if hasattr(handler, "initialize"):
                 handler.initialize(epoch)
-        self.update(epoch)
+        # Masks due at ``epoch`` are computed now but only written into the weights at the next update / step /
+        # apply_masks: a resume calls load_state_dict right after initialize, and must find the weights untouched.
+        self._pending = self._advance(epoch)
 
     def _pruner(self, mod: Modifier, where: str, params: dict[str, torch.nn.Parameter]) -> PruningExecutor:
         if isinstance(mod, GMPruningModifier):
@@ -95,6 +98,23 @@ class RecipeManager:
         """Advance to ``epoch`` (fractional): update masks when due, set LR / weight decay; True if masks changed."""
         if not self.initialized:
             raise RuntimeError("RecipeManager.update before initialize")
+        changed = self._advance(epoch) or self._pending
+        if changed:
+            self._pending = False
+            self._rebuild_masks()
+            self._mask_weights()
+            self._mask_optimizer_state()
+        return changed
+
+    def _flush(self) -> None:
+        """Write masks computed by initialize into the weights (once)."""
+        if self._pending:
+            self._pending = False
+            self._rebuild_masks()
+            self._mask_weights()
+            self._mask_optimizer_state()
+
+    def _advance(self, epoch: float) -> bool:
         self.epoch = float(epoch)
         changed = False
         for pruner in self.pruners:
@@ -104,9 +124,6 @@ class RecipeManager:
         for _, handler in self.handlers:
             if hasattr(handler, "update"):
                 changed |= bool(handler.update(self.epoch))
-        if changed:
-            self._rebuild_masks()
-            self._mask_weights()
         return changed
 
     def lr_active(self, epoch: float) -> bool:
@@ -115,6 +132,7 @@ class RecipeManager:
 
     def finalize(self) -> None:
         """Remove hooks and masks; masked weights stay zero and the model is an ordinary module."""
+        self._flush()
         self._mask_weights()
         for hook in self._hooks:
             hook.remove()
@@ -150,6 +168,20 @@ class RecipeManager:
             torch._foreach_mul_(*self._foreach)
 
     @torch.no_grad()
+    def _mask_optimizer_state(self) -> None:
+        """Zero momentum / Adam moments of newly pruned weights (run when masks change, not every step)."""
+        if self.optimizer is None:
+            return
+        for _, param, mask in self._masked:
+            for value in self.optimizer.state.get(param, {}).values():
+                if torch.is_tensor(value) and value.shape == param.shape:
+                    value.mul_(mask)
+
+    def _before_step(self) -> None:
+        self._flush()
+        self._mask_grads()
+
+    @torch.no_grad()
     def _mask_grads(self) -> None:
         grads, masks = [], []
         for _, param, mask in self._masked:
@@ -163,6 +195,7 @@ class RecipeManager:
     def apply_masks(self, model: torch.nn.Module | None = None) -> None:
         """Zero masked weights in ``model`` (default: the managed one), matched by parameter name — e.g. the
         trainer's EMA copy, which the optimizer hooks do not reach."""
+        self._flush()
         if model is None or model is self.model:
             self._mask_weights()
             return
@@ -175,6 +208,7 @@ class RecipeManager:
 
     def sparsity(self, model: torch.nn.Module | None = None) -> tuple[float, dict[str, float]]:
         """(overall, per-layer) fraction of zeros over the pruned params, or all Conv/Linear weights if none."""
+        self._flush()
         model = model or self.model
         names = [n for p in self.pruners for n in p.names]
         if not names:
@@ -195,6 +229,7 @@ class RecipeManager:
 
     def state_dict(self) -> dict:
         """Masks (bool, by name) and schedule position, for checkpoints; ``load_state_dict`` resumes from it."""
+        self._flush()
         return {
             "epoch": self.epoch,
             "recipe_sha256": self.recipe.sha256,
@@ -221,5 +256,7 @@ class RecipeManager:
             if hasattr(handler, "load_state_dict"):
                 handler.load_state_dict(saved)
         self.epoch = float(state.get("epoch", self.epoch))
+        self._pending = False
         self._rebuild_masks()
         self._mask_weights()
+        self._mask_optimizer_state()
