@@ -1,0 +1,135 @@
+"""QDQ export of a fake-quant model: Q/DQ in the graph, INT8 weights stored, onnxruntime runs integer convs.
+
+The model is hand-made here (yolov8n whose Conv blocks get torch.ao FakeQuantize on input, weight and conv output)
+so export is tested without the QAT modifier; the QAT tests exercise the real thing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx import numpy_helper
+from torch import nn
+from torch.ao.quantization import (
+    FakeQuantize,
+    FusedMovingAvgObsFakeQuantize,
+    MovingAverageMinMaxObserver,
+    MovingAveragePerChannelMinMaxObserver,
+)
+
+from sparse_core.export import export_model
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+
+class QConv(nn.Module):
+    """Ultralytics Conv (BN folded) with fake-quant input (uint8), weights (int8 per-channel) and conv output."""
+
+    def __init__(self, block, fq_class):
+        super().__init__()
+        from ultralytics.utils.torch_utils import fuse_conv_and_bn
+
+        self.conv = fuse_conv_and_bn(block.conv, block.bn)
+        self.act = block.act
+        for k in ("f", "i", "type", "np"):  # layer routing attributes Ultralytics' forward reads
+            if hasattr(block, k):
+                setattr(self, k, getattr(block, k))
+        act = dict(observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=255, dtype=torch.quint8,
+                   qscheme=torch.per_tensor_affine)
+        self.input_fq, self.output_fq = fq_class(**act), fq_class(**act)
+        self.weight_fq = fq_class(observer=MovingAveragePerChannelMinMaxObserver, quant_min=-128, quant_max=127,
+                                  dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0)
+
+    def forward(self, x):
+        c = self.conv
+        y = F.conv2d(self.input_fq(x), self.weight_fq(c.weight), c.bias, c.stride, c.padding, c.dilation, c.groups)
+        return self.act(self.output_fq(y))
+
+
+def fake_quant_yolo(fq_class):
+    """Pruned (50%) yolov8n nc=3 with every Conv block fake-quantized and observers calibrated on random images."""
+    from ultralytics.nn.modules import Conv
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d) and m.weight.numel() > 100:
+                w = m.weight
+                w[w.abs() <= w.abs().flatten().kthvalue(w.numel() // 2).values] = 0
+    zeros = sum(int((m.weight == 0).sum()) for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    blocks = [(n, m) for n, m in model.named_modules() if type(m) is Conv]
+    for name, block in blocks:
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, QConv(block, fq_class))
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(2, 3, 64, 64))  # observers record ranges once
+    return model, len(blocks), zeros
+
+
+@pytest.fixture(scope="module")
+def qdq(tmp_path_factory):
+    model, n_quantized, zeros = fake_quant_yolo(FakeQuantize)
+    out = tmp_path_factory.mktemp("qdq") / "deploy"
+    info = export_model({"model": model, "train_args": {"imgsz": 64}, "sparsepipe": {"quantized": True}}, out)
+    return out, info, model, n_quantized, zeros
+
+
+def test_qdq_graph_structure(qdq):
+    out, info, _, n_quantized, _ = qdq
+    assert info["quantized"] is True and json.loads((out / "export.json").read_text()) == info
+    proto = onnx.load(str(out / "model.onnx"))
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    inits = {t.name: t for t in proto.graph.initializer}
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    quantized = [n for n in convs if producers.get(n.input[1]) is not None and producers[n.input[1]].op_type == "DequantizeLinear"]
+    assert len(quantized) == n_quantized  # every fake-quant conv has a DQ weight ...
+    for conv in quantized:
+        assert producers[conv.input[0]].op_type == "DequantizeLinear"  # ... and a DQ input
+        weight = inits[producers[conv.input[1]].input[0]]
+        assert weight.data_type == onnx.TensorProto.INT8  # folded: INT8 stored, not FP32 + QuantizeLinear
+        assert numpy_helper.to_array(inits[producers[conv.input[1]].input[1]]).size == weight.dims[0]  # per-channel
+    # the head's box/class output convs and the DFL stay FP32 (no fake quant there): 6 + 1
+    assert len(convs) - len(quantized) == 7
+    assert info["node_types"]["QuantizeLinear"] > 0 and info["node_types"]["DequantizeLinear"] > 0
+    assert info["weight_quantize_folded"] == n_quantized
+
+
+def test_onnxruntime_runs_integer_convs(qdq):
+    out, info, model, n_quantized, _ = qdq
+    assert info["ort_optimized"]["integer_ops"]["QLinearConv"] == n_quantized
+    assert info["ort_optimized"]["float_convs"] == 7
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    model = model.eval().apply(torch.ao.quantization.disable_observer)  # export worked on a copy: freeze ours too
+    with torch.no_grad():
+        expected = model(x)[0]  # eval mode: (decoded predictions, raw dict)
+    got = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
+    assert got.shape == tuple(expected.shape) == (1, 7, 84)
+    scores_diff = np.abs(got[:, 4:] - expected[:, 4:].numpy()).max()
+    assert scores_diff < 0.05  # class probabilities agree to within rounding of a quant step
+
+
+def test_int8_weights_keep_zeros_and_shrink_the_file(qdq, tmp_path):
+    out, info, _, _, zeros = qdq
+    assert info["zeros"] >= info["zeros_pytorch"] == zeros  # pruned zeros quantize to 0; tiny weights may too
+    # same model without fake quant is ~4x larger: FP32 weights
+    from ultralytics.nn.tasks import DetectionModel
+
+    fp32 = export_model({"model": DetectionModel("yolov8n.yaml", nc=3, verbose=False)}, tmp_path / "fp32", imgsz=64)
+    assert info["size_bytes"] < 0.3 * fp32["size_bytes"]
+
+
+def test_fused_moving_avg_fake_quant_exports(tmp_path):
+    """torch's default QAT qconfig module; its fused op has no ONNX export, but frozen it is a plain FakeQuantize."""
+    model, n_quantized, _ = fake_quant_yolo(FusedMovingAvgObsFakeQuantize)
+    info = export_model({"model": model, "sparsepipe": {"quantized": True}}, tmp_path / "deploy", imgsz=64)
+    assert info["ort_optimized"]["integer_ops"]["QLinearConv"] == n_quantized
