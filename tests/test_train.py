@@ -193,7 +193,7 @@ def bad_cases(tmp: Path, data: Path) -> list[tuple[list[str], str]]:
     model = ["--imgsz", str(IMGSZ), "--workers", "0", "--project", str(tmp), "--no-plots"]
     return [
         (["--model", "yolov8n.yaml", "--data", str(tmp / "missing.yaml"), *model], "missing.yaml"),
-        (["--model", "yolov8n.yaml", "--data", str(bad_yaml), *model], "bad.yaml:1"),
+        (["--model", "yolov8n.yaml", "--data", str(bad_yaml), *model], "bad.yaml:2: invalid YAML"),
         (["--model", "yolov8n.yaml", "--data", str(no_names), *model], "names"),
         (["--model", "yolov8n.yaml", "--data", str(data), "--recipe", str(nomatch), "--name", "nm", *model],
          "model.99.conv.weight"),
