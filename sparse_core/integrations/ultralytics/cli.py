@@ -24,6 +24,8 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--zoo", help="zoo URI for zoo: stubs (default $SPARSEPIPE_ZOO)")
     p.add_argument("--device", help="cpu, 0, 0,1 ... (default: first GPU if any)")
+    p.add_argument("--mlflow", metavar="URI", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI; off if unset)")
+    p.add_argument("--experiment", default="sparsepipe", help="MLflow experiment name")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="skip Ultralytics' plots")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     p.set_defaults(func=_train)
@@ -44,7 +46,8 @@ def _train(args: argparse.Namespace) -> int:
     summary = train(model=args.model, data=args.data, recipe=args.recipe, recipe_args=args.recipe_args,
                     epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, workers=args.workers,
                     gradient_accum_steps=args.gradient_accum_steps, project=args.project, name=args.name,
-                    resume=args.resume, seed=args.seed, zoo=args.zoo, plots=args.plots, device=args.device)
+                    resume=args.resume, seed=args.seed, zoo=args.zoo, plots=args.plots, device=args.device,
+                    mlflow=args.mlflow, experiment=args.experiment)
     _print(summary, args.json)
     return 0
 

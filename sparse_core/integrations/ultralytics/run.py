@@ -18,6 +18,7 @@ import yaml
 from sparse_core.checkpoint import checkpoint_model, load_checkpoint, sparsepipe_meta
 from sparse_core.errors import UserError
 from sparse_core.integrations.ultralytics import offline
+from sparse_core.integrations.ultralytics.tracking import log_run_artifacts, training_callbacks
 from sparse_core.integrations.ultralytics.trainer import LR_MODIFIERS, TRAINERS, SparseRun
 
 MODEL_SUFFIXES = (".yaml", ".yml", ".pt")
@@ -108,11 +109,18 @@ def train(
     extra_args: dict[str, Any] | None = None,
     meta: dict | None = None,
     callbacks: list | None = None,
+    mlflow: str | None = None,
+    experiment: str = "sparsepipe",
+    parent_run_id: str | None = None,
 ) -> dict:
-    """Train with an optional recipe; returns (and writes) the run summary."""
+    """Train with an optional recipe; returns (and writes) the run summary.
+
+    With ``mlflow`` (or ``MLFLOW_TRACKING_URI``) set, the run is recorded in MLflow and its id stored in every
+    checkpoint, so export/register later log into the same run.
+    """
     offline.make_offline()
     if resume:
-        return _resume(resume, data=data, workers=workers, callbacks=callbacks)
+        return _resume(resume, data=data, workers=workers, callbacks=callbacks, mlflow=mlflow)
     if model is None or data is None:
         raise UserError("train needs --model and --data (or --resume CKPT)")
     if batch is None or batch < 1:
@@ -153,11 +161,31 @@ def train(
         args.update(optimizer="SGD", warmup_epochs=0)
     args.update(extra_args or {})
     run_meta = {"base": base, **(meta or {})}
-    sparse = SparseRun(recipe=rec, seed=seed, meta=run_meta, callbacks=list(callbacks or []))
-    return _run(TRAINERS[task](overrides=args, sparse=sparse), save_dir)
+    tracker = _start_tracker(mlflow, experiment, name, parent_run_id, rec, data, run_meta)
+    params = {"base": base, "data_hash": run_meta.get("data_hash"), "recipe_args": rec.args if rec else None,
+              "gradient_accum_steps": gradient_accum_steps}
+    sparse = SparseRun(recipe=rec, seed=seed, meta=run_meta,
+                       callbacks=[*training_callbacks(tracker, rec, params), *(callbacks or [])])
+    return _run(TRAINERS[task](overrides=args, sparse=sparse), save_dir, tracker)
 
 
-def _resume(ckpt_path: str, data: str | None, workers: int | None, callbacks: list | None) -> dict:
+def _start_tracker(uri, experiment, name, parent_run_id, rec, data, run_meta, run_id=None):
+    from sparse_core.tracking import Tracker, disable_ultralytics_mlflow, lineage_tags
+
+    disable_ultralytics_mlflow()
+    tracker = Tracker.start(uri, experiment=experiment, run_name=name, run_id=run_id, parent_run_id=parent_run_id)
+    if tracker.enabled:
+        if not run_meta.get("data_hash") and data:
+            from sparse_core.data.hashing import dataset_hash
+
+            run_meta["data_hash"] = dataset_hash(data)
+        tracker.set_tags(lineage_tags(recipe=rec, data_hash=run_meta.get("data_hash"), base=run_meta.get("base")))
+        run_meta["mlflow_run_id"] = tracker.run_id
+    return tracker
+
+
+def _resume(ckpt_path: str, data: str | None, workers: int | None, callbacks: list | None,
+            mlflow: str | None = None) -> dict:
     ckpt = load_checkpoint(ckpt_path)
     meta = sparsepipe_meta(ckpt)
     if "train_state" not in meta or ckpt.get("optimizer") is None:
@@ -175,12 +203,13 @@ def _resume(ckpt_path: str, data: str | None, workers: int | None, callbacks: li
     if workers is not None:
         overrides["workers"] = workers
     keep = {k: meta[k] for k in ("base", "data_hash", "mlflow_run_id") if k in meta}
+    tracker = _start_tracker(mlflow, "sparsepipe", None, None, rec, None, keep, run_id=keep.get("mlflow_run_id"))
     sparse = SparseRun(recipe=rec, seed=int(meta.get("seed", 0)), resume_meta=meta, meta=keep,
-                       callbacks=list(callbacks or []))
+                       callbacks=[*training_callbacks(tracker, None, {}), *(callbacks or [])])
     trainer = TRAINERS[task](overrides=overrides, sparse=sparse)
     if not 0 < ckpt.get("epoch", -1) + 1 < trainer.epochs:
         raise UserError(f"{ckpt_path}: training already finished ({trainer.epochs} epochs), nothing to resume")
-    return _run(trainer, Path(trainer.save_dir))
+    return _run(trainer, Path(trainer.save_dir), tracker)
 
 
 def _cuda() -> bool:
@@ -189,7 +218,19 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _run(trainer, save_dir: Path) -> dict:
+def _run(trainer, save_dir: Path, tracker) -> dict:
+    """Train, summarise and record; the MLflow run ends FAILED if anything goes wrong."""
+    try:
+        summary = _train_and_summarise(trainer, save_dir)
+        log_run_artifacts(tracker, trainer.sparse.recipe, save_dir, summary)
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    tracker.finish()
+    return summary
+
+
+def _train_and_summarise(trainer, save_dir: Path) -> dict:
     """Train, then summarise best.pt (metrics, sparsity, plots) into summary.json."""
     from sparse_core.plots import plot_layer_sparsity, plot_sparsity_over_epochs
 
@@ -222,6 +263,7 @@ def _run(trainer, save_dir: Path) -> dict:
         "task": trainer.args.task,
         "imgsz": int(trainer.args.imgsz),
         "recipe_sha256": meta.get("recipe_sha256"),
+        "mlflow_run_id": meta.get("mlflow_run_id"),
         "train_seconds": round(time.time() - t0, 2),
         "weights": {"best": str(trainer.best), "last": str(trainer.last)},
         "save_dir": str(save_dir),
