@@ -12,6 +12,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +178,15 @@ class Recipe:
         return part
 
 
+def _kind(value: Any) -> str:
+    """YAML words for a loaded value's type, for error messages."""
+    if isinstance(value, dict):
+        return "mapping"
+    if isinstance(value, list):
+        return "list"
+    return type(value).__name__
+
+
 def _starts_at_or_after(mod: Modifier, epoch: float) -> bool:
     return mod.kind in ("lr", "wd", "distillation") and getattr(mod, "start_epoch", -1.0) >= epoch and epoch > 0
 
@@ -249,7 +259,7 @@ def load_recipe(source: str | os.PathLike, recipe_args: dict | str | None = None
     if raw is None:
         raise UserError(f"{label}:1: recipe is empty; expected variables and at least one '*modifiers' list")
     if not isinstance(raw, dict):
-        raise UserError(f"{label}:1: recipe top level is a {type(raw).__name__}; expected a mapping of variables "
+        raise UserError(f"{label}:1: recipe top level is a {_kind(raw)}; expected a mapping of variables "
                         "and '*modifiers' lists")
     resolver = _Resolver(label, raw, args)
     return Recipe(path, text, args, resolver.variables, resolver.modifiers, raw.get("version"))
@@ -273,7 +283,7 @@ class _Resolver:
                 if value is None:
                     value = LineList()
                 if not isinstance(value, list):
-                    raise UserError(f"{label}:{line}: {key}: is a {type(value).__name__}; expected a list of "
+                    raise UserError(f"{label}:{line}: {key}: is a {_kind(value)}; expected a list of "
                                     "'- !ModifierName' entries")
                 groups.append((key, value, line))
             elif isinstance(value, LineDict) and value.tag:
@@ -370,16 +380,44 @@ class _Resolver:
         try:
             mod = cls(**values)
         except ValidationError as err:
-            first = err.errors()[0]
+            first = _best_error(err.errors())
             field = str(first["loc"][0]) if first["loc"] else "?"
-            where = field_lines.get(field, line)
-            if first["type"] == "missing":
+            where = _nested_line(raw_fields.get(field), first["loc"][1:], field_lines.get(field, line))
+            if first["type"] == "missing" and len(first["loc"]) == 1:
                 raise UserError(f"{label}:{line}: {type_name}: missing required field '{field}'") from None
-            got = values.get(field, None)
-            raise UserError(f"{label}:{where}: {type_name}: {field}: {_pydantic_msg(first)} (got {got!r})") from None
+            got = values.get(field)
+            shown = f" (got {got!r})" if len(first["loc"]) == 1 and not isinstance(got, (dict, list)) else ""
+            raise UserError(f"{label}:{where}: {type_name}: {field}: {_pydantic_msg(first)}{shown}") from None
         for field, problem in mod.problems():
             raise UserError(f"{label}:{field_lines.get(field, line)}: {type_name}: {field}: {problem}")
         return mod.placed(group, line)
+
+
+def _nested_line(value: Any, loc: tuple, line: int) -> int:
+    """The file line of the deepest key along ``loc`` inside a loaded YAML value."""
+    for part in loc:
+        if isinstance(value, LineDict) and part in value:
+            line, value = value.key_lines.get(part, line), value[part]
+        elif isinstance(value, LineList) and isinstance(part, int) and part < len(value):
+            line, value = value.item_lines[part], value[part]
+        else:
+            break
+    return line
+
+
+_UNION_TAG = re.compile(r"^([a-z_-]+\[.*\]|str|int|float|bool|none|QuantScheme|QuantArgs|list|dict)$")
+
+
+def _clean_loc(loc: tuple) -> list:
+    """Drop pydantic's union-branch tags (``str``, ``QuantScheme``, ``list[...]``) from an error location."""
+    return [p for p in loc if not (isinstance(p, str) and _UNION_TAG.match(p))]
+
+
+def _best_error(errors: list[dict]) -> dict:
+    """The error most worth showing: an unknown key, else the deepest location (the branch that got furthest)."""
+    for e in errors:
+        e["loc"] = tuple(_clean_loc(e["loc"]))
+    return max(errors, key=lambda e: (e["type"] == "extra_forbidden", len(e["loc"])))
 
 
 def _pydantic_msg(error: dict) -> str:
@@ -387,4 +425,6 @@ def _pydantic_msg(error: dict) -> str:
     msg = error["msg"]
     if error["type"] == "extra_forbidden":
         msg = "unknown key"
+    elif error["type"] == "missing":
+        msg = "required key missing"
     return f"{loc}: {msg}" if loc else msg
