@@ -1,0 +1,12 @@
+"""Recipes shipped with sparsepipe (``sparse_core.recipes.path(name)``).
+
+- ``yolov8_sparse_transfer_quant.yaml``: SparseML's YOLOv8 sparse-transfer recipe, verbatim (seed 000): hold the
+  zoo checkpoint's zeros (ConstantPruning) and finish with QAT.
+- ``gmp_prune.yaml``: gradual magnitude pruning of every prunable layer to ``final_sparsity``.
+"""
+
+from pathlib import Path
+
+
+def path(name: str) -> Path:
+    return Path(__file__).with_name(name)
