@@ -79,7 +79,7 @@ def test_deployment_folder_contents(pruned):
     assert info["ort_optimized"]["integer_convs"] == 0
     assert (deploy / "recipe.yaml").read_text() == RECIPE
     data = read_deployment(deploy / "model.onnx")
-    assert data["names"] == {0: "0", 1: "1", 2: "2"} and data["imgsz"] == [64, 64]
+    assert data["names"] == {0: "0", 1: "1", 2: "2"} and data["imgsz"] == 64 == info["imgsz"]
     assert data["task"] == "detect" and data["stride"] == 32
     meta = {p.key: p.value for p in onnx.load(str(deploy / "model.onnx")).metadata_props}
     assert meta["task"] == "detect" and meta["imgsz"] == "[64, 64]" and meta["stride"] == "32"

@@ -18,22 +18,13 @@ import numpy as np
 from sparse_core.bench.cpu import cpu_info
 from sparse_core.errors import UserError
 from sparse_core.export import graph
+from sparse_core.export.graph import deployment_model
 
 ENGINES = ("onnxruntime", "deepsparse")
 DEFAULT_SECONDS = 10.0
 DEFAULT_IMGSZ = 640
 DEEPSPARSE_HINT = ("DeepSparse needs its own environment: python -m venv ds && ds/bin/pip install deepsparse==1.8.0 "
                    "'numpy<2' onnx==1.14.1, then run sparsepipe benchmark from it; or use --engine onnxruntime")
-
-
-def resolve_model(path: str | os.PathLike) -> Path:
-    """An ``.onnx`` file, or a deployment folder holding ``model.onnx``."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.onnx"
-    if not path.is_file():
-        raise UserError(f"{path}: model not found; expected an .onnx file or a deployment folder with model.onnx")
-    return path
 
 
 @dataclass
@@ -173,7 +164,7 @@ def benchmark(
         seconds = DEFAULT_SECONDS
     models = []
     for p in [model] + ([compare] if compare is not None else []):
-        path = resolve_model(p)
+        path = deployment_model(p)
         proto = graph.load_onnx(path)
         shape, dtype = _input_shape(path, proto, batch, imgsz)
         models.append(_Model(path, shape, _facts(path, proto), dtype))

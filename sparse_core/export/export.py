@@ -264,7 +264,7 @@ def export_model(
         (tmp / "recipe.yaml").write_text(
             recipe if recipe else "# dense model: the checkpoint carries no sparsepipe recipe (nothing was sparsified)\n"
         )
-        data = {"task": task, "nc": len(names), "names": names, "imgsz": [imgsz, imgsz], "stride": stride,
+        data = {"task": task, "nc": len(names), "names": names, "imgsz": imgsz, "stride": stride,
                 "batch": batch, "channels": channels}
         (tmp / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
         sig = graph.io_signature(proto)
@@ -275,7 +275,7 @@ def export_model(
             "quantized": quantized,
             "opset": opset,
             "ir_version": proto.ir_version,
-            "imgsz": [imgsz, imgsz],
+            "imgsz": imgsz,
             "batch": batch,
             **sig,
             **graph.file_sizes(onnx_path),

@@ -30,6 +30,16 @@ INTEGER_OPS = frozenset({
 GZIP_LEVEL = 6  # `gzip` default; level 9 took 12x longer on a 12 MB half-sparse model and was no smaller
 
 
+def deployment_model(path: str | os.PathLike) -> Path:
+    """The ONNX file named by ``path``: an ``.onnx`` file, or a deployment folder holding ``model.onnx``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.onnx"
+    if not path.is_file():
+        raise UserError(f"{path}: model not found; expected an .onnx file or a deployment folder with model.onnx")
+    return path
+
+
 def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
     """Parse and check an ONNX file; a missing, truncated or foreign file is a UserError naming it."""
     path = Path(path)
