@@ -1,0 +1,90 @@
+"""Local cache of zoo files, keyed by sha256: ``$SPARSEPIPE_CACHE/zoo/blobs/<sha256>``.
+
+A file enters the cache only after its sha256 and size match the manifest, and it lands by ``os.replace`` from a
+temp file in the same folder, so concurrent fetches of the same stub are safe without locks: each one either
+finds the finished blob or writes an identical one. Fetched entries are assembled (hard links to the blobs) into
+``zoo/entries/<stub path>/<manifest sha256[:16]>/`` the same way: built in a temp folder, renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from sparse_core.errors import UserError
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SPARSEPIPE_CACHE") or Path.home() / ".cache" / "sparsepipe") / "zoo"
+
+
+def _sha256_file(path: Path) -> tuple[str, int]:
+    h, n = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+            n += len(block)
+    return h.hexdigest(), n
+
+
+def blob(store, key: str, sha256: str, size: int, label: str) -> Path:
+    """The verified local copy of ``key`` (downloaded once); a mismatch is refused and nothing is cached."""
+    blobs = cache_root() / "blobs"
+    dest = blobs / sha256
+    if dest.is_file() and dest.stat().st_size == size:
+        return dest
+    blobs.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{sha256[:16]}.", dir=blobs)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            store.download(key, f)
+        got, got_size = _sha256_file(Path(tmp))
+        if got != sha256 or got_size != size:
+            raise UserError(f"{label}: sha256 mismatch for {store.uri}/{key}: expected sha256 {sha256} ({size} "
+                            f"bytes), got sha256 {got} ({got_size} bytes); refusing the tampered or corrupted "
+                            "object")
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dest
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def assemble(dest: Path, files: dict[str, Path], extra: dict[str, bytes], link: bool = True) -> Path:
+    """Build ``dest`` (relative path → blob, plus small extra files) in a temp sibling and rename it in.
+
+    If ``dest`` already exists (another process finished first) it is kept as is.
+    """
+    if dest.is_dir():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        for rel, src in files.items():
+            if link:
+                _link_or_copy(src, tmp / rel)
+            else:
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, tmp / rel)
+        for rel, data in extra.items():
+            (tmp / rel).write_bytes(data)
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if not dest.is_dir():  # lost the race to another fetch: theirs is identical
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest

@@ -1,0 +1,224 @@
+"""Zoo entries: publish a run or deployment folder under a stub, fetch (verified, cached) and list them.
+
+An entry is ``<stub path>/manifest.json`` plus its files under ``<stub path>/``. The manifest lists every file
+with its sha256, size and role (checkpoint, onnx, recipe, summary, data, export, config) and maps recipe types
+(``original``, ``transfer_learn``, ...) to recipe files. The manifest is uploaded last, so an entry is visible only
+once complete.
+
+What gets published from a folder:
+- run folder (``sparsepipe train``): ``weights/best.pt`` (as ``model.pt``), recipe ``*.yaml``/``*.md`` (files
+  holding a ``Modifier``), ``summary.json``, ``args.yaml``;
+- deployment folder (``sparsepipe export``): ``model.onnx``, ``model.pt`` if present, ``recipe.yaml``,
+  ``data.yaml``, ``export.json``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from sparse_core import __version__
+from sparse_core.data.atomic import atomic_dir
+from sparse_core.data.hashing import file_sha256
+from sparse_core.errors import UserError
+from sparse_core.zoo import cache
+from sparse_core.zoo.store import open_store
+from sparse_core.zoo.stub import FIELDS, Stub, parse_stub, short_name
+
+MANIFEST = "manifest.json"
+CHECKPOINT_NAMES = ("model.pt", "best.pt", "last.pt")
+_NOT_RECIPES = {"args.yaml", "data.yaml", "dataset.yaml"}
+
+
+def recipe_type(name: str) -> str:
+    """``recipe.yaml`` / ``recipe_original.md`` → original; ``recipe_transfer_learn.md`` → transfer_learn."""
+    stem = Path(name).stem.lower()
+    for prefix in ("recipe_", "recipe-"):
+        stem = stem.removeprefix(prefix)
+    return "original" if stem in ("recipe", "original", "") else stem
+
+
+def _is_recipe(path: Path) -> bool:
+    if path.name in _NOT_RECIPES or path.suffix not in (".yaml", ".yml", ".md"):
+        return False
+    try:
+        return "Modifier" in path.read_text(errors="replace")
+    except OSError:
+        return False
+
+
+def collect(src_dir: Path) -> dict[str, tuple[Path, str]]:
+    """Entry file name → (source file, role) for a run or deployment folder."""
+    if not src_dir.is_dir():
+        raise UserError(f"{src_dir}: not a folder; expected a run folder (weights/best.pt) or a deployment folder "
+                        "(model.onnx)")
+    files: dict[str, tuple[Path, str]] = {}
+    for cand in (src_dir / "weights" / "best.pt", src_dir / "model.pt"):
+        if cand.is_file():
+            files["model.pt"] = (cand, "checkpoint")
+            break
+    if (src_dir / "model.onnx").is_file():
+        files["model.onnx"] = (src_dir / "model.onnx", "onnx")
+    if not files:
+        raise UserError(f"{src_dir}: no weights/best.pt, model.pt or model.onnx; expected a run folder from "
+                        "'sparsepipe train' or a deployment folder from 'sparsepipe export'")
+    for p in sorted(list(src_dir.glob("*")) + list((src_dir / "recipes").glob("*"))):
+        if p.is_file() and _is_recipe(p):
+            name = p.name if p.parent == src_dir else f"recipes/{p.name}"
+            files[name] = (p, "recipe")
+    for name, role in (("summary.json", "summary"), ("export.json", "export"), ("data.yaml", "data"),
+                       ("args.yaml", "config")):
+        if (src_dir / name).is_file():
+            files[name] = (src_dir / name, role)
+    return files
+
+
+def publish(src_dir, stub: str, zoo: str | None = None, overwrite: bool = False) -> dict:
+    """Upload a run/deployment folder as ``stub``; returns the manifest."""
+    parsed = parse_stub(stub, allow_query=False)
+    if parsed.is_short:
+        raise UserError(f"{stub}: publish needs a full stub; expected zoo:" + "/".join(f.upper() for f in FIELDS))
+    store = open_store(zoo)
+    files = collect(Path(src_dir))
+    if store.exists(f"{parsed.path}/{MANIFEST}") and not overwrite:
+        raise UserError(f"{stub}: already published in {store.uri}; expected a new stub (or --overwrite)")
+    entries, recipes = [], {}
+    for name, (path, role) in sorted(files.items()):
+        entries.append({"path": name, "role": role, "sha256": file_sha256(path), "size": path.stat().st_size})
+        if role == "recipe":
+            rtype = recipe_type(name)
+            if rtype in recipes:
+                raise UserError(f"{src_dir}: two recipes of type {rtype!r} ({recipes[rtype]}, {name}); expected one "
+                                "file per recipe type")
+            recipes[rtype] = name
+    manifest = {"stub": str(parsed), **parsed.fields, "files": entries, "recipes": recipes,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "sparsepipe_version": __version__}
+    for name, (path, _role) in sorted(files.items()):
+        store.upload(f"{parsed.path}/{name}", path)
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest_path = Path(tmp) / MANIFEST
+        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+        store.upload(f"{parsed.path}/{MANIFEST}", manifest_path)
+    return manifest
+
+
+def list_stubs(zoo: str | None = None) -> list[str]:
+    """Every published stub in the zoo, as ``zoo:...`` strings, sorted."""
+    store = open_store(zoo)
+    suffix = f"/{MANIFEST}"
+    return sorted("zoo:" + k[: -len(suffix)] for k in store.keys(suffix) if k.count("/") == len(FIELDS))
+
+
+def _missing(stub: Stub, store) -> UserError:
+    """'No such stub' with the nearest existing stubs (difflib), matching short names too."""
+    known = list_stubs(store.uri)
+    candidates = {k: k for k in known}
+    if stub.is_short:
+        candidates.update({"zoo:" + short_name(k[4:]): k for k in known})
+    near = list(dict.fromkeys(candidates[m] for m in difflib.get_close_matches(str(stub), list(candidates), n=5,
+                                                                                cutoff=0.5)))
+    hint = ("; nearest existing stubs: " + ", ".join(near)) if near else (
+        f"; the zoo holds {len(known)} stub(s)" + (f": {', '.join(known[:10])}" if known else ""))
+    return UserError(f"{stub}: no such stub in zoo {store.uri}{hint}")
+
+
+def _resolve_short(stub: Stub, store) -> Stub:
+    matches = [k for k in list_stubs(store.uri) if short_name(k[4:]) == stub.path]
+    if len(matches) == 1:
+        return Stub(matches[0][4:], stub.recipe_type)
+    if len(matches) > 1:
+        raise UserError(f"{stub}: short name matches several stubs ({', '.join(matches)}); expected a full stub")
+    raise _missing(stub, store)
+
+
+def _manifest(stub: Stub, store) -> tuple[dict, bytes]:
+    raw = store.read(f"{stub.path}/{MANIFEST}")
+    if raw is None:
+        raise _missing(stub, store)
+    try:
+        manifest = json.loads(raw)
+        files = manifest["files"]
+        assert all({"path", "sha256", "size"} <= set(f) for f in files)
+    except (ValueError, KeyError, TypeError, AssertionError):
+        raise UserError(f"{stub}: manifest in {store.uri} is not a sparsepipe zoo manifest; expected JSON with "
+                        "'files' [{path, sha256, size}]") from None
+    return manifest, raw
+
+
+def fetch(stub: str, out=None, zoo: str | None = None) -> Path:
+    """Download (or reuse from the cache) every file of ``stub``, verify it, and return the entry folder.
+
+    Without ``out`` the folder is in the cache (``$SPARSEPIPE_CACHE/zoo/entries/...``; treat it as read-only);
+    with ``out`` the files are copied there (a new or empty folder, or an earlier fetch, which is replaced).
+    """
+    import hashlib
+
+    parsed = parse_stub(stub)
+    store = open_store(zoo)
+    if parsed.is_short:
+        parsed = _resolve_short(parsed, store)
+    manifest, raw = _manifest(parsed, store)
+    blobs = {}
+    for f in manifest["files"]:
+        rel = f["path"]
+        if rel.startswith("/") or ".." in Path(rel).parts:
+            raise UserError(f"{parsed}: manifest path {rel!r} escapes the entry; expected a relative path")
+        blobs[rel] = cache.blob(store, f"{parsed.path}/{rel}", f["sha256"], int(f["size"]), str(parsed))
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    entry = cache.assemble(cache.cache_root() / "entries" / parsed.path / digest, blobs, {MANIFEST: raw})
+    if out is None:
+        return entry
+    out = Path(out)
+    with atomic_dir(out, replace_if=lambda p: (p / MANIFEST).is_file()) as tmp:
+        for rel, src in blobs.items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, tmp / rel)
+        (tmp / MANIFEST).write_bytes(raw)
+    return out.absolute()
+
+
+def _entry_manifest(entry: Path) -> dict:
+    return json.loads((entry / MANIFEST).read_text())
+
+
+def resolve_model(source: str, zoo: str | None = None) -> Path:
+    """``zoo:...`` → the fetched checkpoint (``model.pt``; else ``model.onnx``); a local path is returned as is."""
+    if not str(source).startswith("zoo:"):
+        return Path(source)
+    entry = fetch(source, zoo=zoo)
+    names = {f["path"]: f.get("role") for f in _entry_manifest(entry)["files"]}
+    for name in (*CHECKPOINT_NAMES, "model.onnx"):
+        if name in names:
+            return entry / name
+    raise UserError(f"{source}: entry has no checkpoint; it holds {sorted(names)}; expected model.pt")
+
+
+def resolve_recipe(source: str, zoo: str | None = None) -> Path:
+    """``zoo:STUB[?recipe_type=T]`` → the fetched recipe file (type T, else ``original``, else the only one)."""
+    if not str(source).startswith("zoo:"):
+        return Path(source)
+    parsed = parse_stub(source)
+    entry = fetch(source, zoo=zoo)
+    recipes = _entry_manifest(entry).get("recipes") or {}
+    if not recipes:
+        raise UserError(f"{source}: entry has no recipe; expected a recipe file in the published folder")
+    if parsed.recipe_type:
+        if parsed.recipe_type not in recipes:
+            raise UserError(f"{source}: no recipe of type {parsed.recipe_type!r}; expected one of {sorted(recipes)}")
+        return entry / recipes[parsed.recipe_type]
+    if "original" in recipes:
+        return entry / recipes["original"]
+    if len(recipes) == 1:
+        return entry / next(iter(recipes.values()))
+    raise UserError(f"{source}: several recipes {sorted(recipes)}; expected ?recipe_type=one of them")
+
+
+def clear_cache() -> None:
+    """Remove the zoo cache (tests, or to free disk)."""
+    shutil.rmtree(cache.cache_root(), ignore_errors=True)
+    os.makedirs(cache.cache_root(), exist_ok=True)
