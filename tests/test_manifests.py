@@ -372,7 +372,7 @@ def test_prod_external_uses_external_stores(rendered):
     cfg = find(objs, "ConfigMap", "mlflow-config", "sparsepipe")["data"]
     assert cfg["MLFLOW_S3_ENDPOINT_URL"].startswith("https://")
     assert "svc.cluster.local" not in json.dumps(find(objs, "ConfigMap", PIPELINE_CONFIGMAP, RUN_NAMESPACE)["data"]
-                                                   ["AWS_ENDPOINT_URL_S3"])
+                                                   ["AWS_ENDPOINT_URL"])
     # the dev/prod in-cluster objects are all still there in plain prod
     prod = {(o["kind"], o["metadata"]["name"]) for o in rendered["prod"]}
     assert {("StatefulSet", "postgres"), ("Deployment", "seaweedfs"), ("PersistentVolumeClaim", "seaweedfs-data")} <= prod
