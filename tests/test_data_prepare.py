@@ -152,6 +152,7 @@ def test_coco_features_rle_crowd_remap_backgrounds(tmp_path):
     det = prepare_dataset(root / "instances.json", "coco", tmp_path / "det", val_fraction=0)
     assert det["images"] == {"train": 4, "val": 0} and det["backgrounds"] == 1
     assert det["per_class"] == {"dog": 1, "cat": 1, "eel": 1}  # remapped in id order 3, 7, 12; crowd skipped
+    assert det["skipped"] == {"crowd": 1}
     im0 = (tmp_path / "det" / "labels" / "train" / "im0.txt").read_text().split()
     assert im0[0] == "1" and np.allclose([float(v) for v in im0[1:]], [0.5, 1 / 3, 0.5, 1 / 3], atol=1e-6)
     seg = prepare_dataset(root / "instances.json", "coco", tmp_path / "seg", task="segment", val_fraction=0)
@@ -185,8 +186,33 @@ def test_voc_difficult_truncated_and_imagesets(tmp_path):
     assert stats["images"] == {"train": 2, "val": 1}
     assert stats["names"][11] == "dog" and len(stats["names"]) == 20  # VOC's own class order
     assert stats["per_class"]["dog"] == 3 and stats["per_class"]["person"] == 0  # difficult skipped
+    assert stats["skipped"] == {"difficult": 3}
     row = (tmp_path / "out" / "labels" / "train" / "2012_0.txt").read_text().split()
     assert row == ["11", "0.500000", "0.500000", "1.000000", "1.000000"]  # 1-based inclusive → full image
     with pytest.raises(UserError, match="boxes, not polygons"):
         prepare_dataset(root, "voc", tmp_path / "seg", task="segment")
     assert not (tmp_path / "seg").exists()
+
+
+def test_yolo_seed_layout_relative_path_lists_and_backgrounds(tmp_path):
+    """Seed 000's custom data: datasets/aerial-dataset.yaml with ``path: ./datasets/aerial-dataset`` (relative to the
+    working directory), split lists, ``nc``, a missing label file (background)."""
+    root = tmp_path / "datasets" / "aerial-dataset"
+    for split, n in (("train", 3), ("val", 2)):
+        for i in range(n):
+            _png(root / split / "images" / f"{split}{i}.png", 64, 48)
+            if i:  # image 0 of each split has no label file: background
+                (root / split / "labels").mkdir(parents=True, exist_ok=True)
+                (root / split / "labels" / f"{split}{i}.txt").write_text("0 0.719010 0.124074 0.022396 0.083333\n")
+    (tmp_path / "datasets" / "aerial-dataset.yaml").write_text(
+        "path: ./datasets/aerial-dataset\ntrain:\n  - train/images\nval:\n  - val/images\nnc: 1\nnames: ['object']\n")
+    proc = subprocess.run([sys.executable, "-m", "sparse_core.cli", "data", "prepare", "datasets/aerial-dataset.yaml",
+                           "--format", "yolo", "--out", "prepared", "--json"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert stats["images"] == {"train": 3, "val": 2} and stats["backgrounds"] == 2
+    assert stats["per_class"] == {"object": 3}
+    assert (tmp_path / "prepared" / "labels" / "train" / "train0.txt").read_text() == ""
+    assert (tmp_path / "prepared" / "labels" / "val" / "val1.txt").read_text() == \
+        "0 0.719010 0.124074 0.022396 0.083333\n"

@@ -231,7 +231,10 @@ def read(src: Path, task: str, classes: list[str] | None, problems: Problems) ->
             if ann.get("iscrowd", 0) not in (0, 1, False, True):
                 problems.add(where, f"iscrowd {ann.get('iscrowd')!r}; expected 0 or 1")
                 continue
-            if ann.get("iscrowd") or item is None:
+            if item is None:
+                continue
+            if ann.get("iscrowd"):
+                item.skip("crowd")
                 continue
             bbox = ann.get("bbox")
             if not isinstance(bbox, list) or len(bbox) != 4:

@@ -34,6 +34,10 @@ class Item:
     where: str  # location of its annotation, for messages
     size: tuple[int, int] | None = None  # (w, h) the annotation declares; checked against the image
     objects: list[Obj] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)  # e.g. {"crowd": 2, "difficult": 1}
+
+    def skip(self, why: str) -> None:
+        self.skipped[why] = self.skipped.get(why, 0) + 1
 
 
 class Problems:

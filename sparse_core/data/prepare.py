@@ -73,7 +73,7 @@ def prepare_dataset(src, fmt: str, out, task: str = "detect", val_fraction: floa
     """Validate SRC in format ``fmt`` and write an Ultralytics data set at OUT; return the stats dict.
 
     Stats: ``images`` (split → count), ``instances``, ``instances_per_split``, ``per_class`` (name → instances),
-    ``backgrounds``, ``content_hash``, ``format``, ``task``, ``names``. Also written to OUT/stats.json.
+    ``backgrounds``, ``skipped`` (crowd/difficult annotations left out), ``content_hash``, ``format``, ``task``, ``names``. Also written to OUT/stats.json.
     """
     if fmt not in READERS:
         raise UserError(f"--format: {fmt!r}; expected one of {', '.join(READERS)}")
@@ -106,7 +106,7 @@ def prepare_dataset(src, fmt: str, out, task: str = "detect", val_fraction: floa
         problems.add(str(src), "no training images; expected at least one image")
 
     stats = {"images": {"train": 0, "val": 0}, "instances": 0, "instances_per_split": {"train": 0, "val": 0},
-             "per_class": dict.fromkeys(names, 0), "backgrounds": 0}
+             "per_class": dict.fromkeys(names, 0), "backgrounds": 0, "skipped": {}}
     entries = []
     with atomic_dir(out) as tmp:
         for split in ("train", "val"):
@@ -130,6 +130,8 @@ def prepare_dataset(src, fmt: str, out, task: str = "detect", val_fraction: floa
                 stats["backgrounds"] += not item.objects
                 for o in item.objects:
                     stats["per_class"][names[o.cls]] += 1
+                for why, n in item.skipped.items():
+                    stats["skipped"][why] = stats["skipped"].get(why, 0) + n
         problems.raise_if_any()
         stats["content_hash"] = content_hash(names, entries)
         stats.update({"format": fmt, "task": task, "names": names})

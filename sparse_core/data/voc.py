@@ -31,14 +31,14 @@ def _root(src: Path) -> Path:
                     "ImageSets/Main/)")
 
 
-def _ids(root: Path, problems: Problems) -> list[tuple[str, str | None, str]]:
-    """(image id, split, where) from ImageSets/Main/{train,val}.txt, else trainval.txt, else every XML."""
+def _ids(root: Path, problems: Problems) -> list[tuple[str, str | None]]:
+    """(image id, split) from ImageSets/Main/{train,val}.txt, else trainval.txt, else every XML."""
     sets = root / "ImageSets" / "Main"
     listed = [(s, sets / f"{s}.txt") for s in ("train", "val") if (sets / f"{s}.txt").is_file()]
     if not listed and (sets / "trainval.txt").is_file():
         listed = [(None, sets / "trainval.txt")]
     if not listed:
-        return [(p.stem, None, str(p)) for p in sorted((root / "Annotations").glob("*.xml"))]
+        return [(p.stem, None) for p in sorted((root / "Annotations").glob("*.xml"))]
     out = []
     for split, f in listed:
         for n, line in enumerate(f.read_text().splitlines(), 1):
@@ -48,7 +48,7 @@ def _ids(root: Path, problems: Problems) -> list[tuple[str, str | None, str]]:
                     problems.add(f"{f}:{n}", f"id {image_id!r} has no Annotations/{image_id}.xml; expected an "
                                              "annotation file for every listed id")
                     continue
-                out.append((image_id, split, f"{f}:{n}"))
+                out.append((image_id, split))
     return out
 
 
@@ -67,9 +67,10 @@ def _image(root: Path, image_id: str, filename: str | None) -> Path | None:
     return None
 
 
-def _parse(xml: Path, root: Path, split: str | None, task: str, index: dict[str, int] | None,
+def _parse(xml: Path, root: Path, split: str | None,
            problems: Problems) -> tuple[Item | None, list[tuple[str, str, object]]]:
-    """One XML → an Item (boxes still as raw objects until the class list is known)."""
+    """One XML → an Item and its raw (where, name, corners or None if difficult) objects: boxes are converted
+    once the class list is known."""
     text = xml.read_text(errors="replace")
     try:
         tree = ET.fromstring(text)
@@ -129,15 +130,13 @@ def _parse(xml: Path, root: Path, split: str | None, task: str, index: dict[str,
 
 
 def read(src: Path, task: str, classes: list[str] | None, problems: Problems) -> tuple[list[Item], list[str]]:
-    if task != "segment" and task != "detect":
-        raise UserError(f"task: {task!r}; expected detect or segment")
     if task == "segment":
         raise UserError(f"{src}: VOC annotations hold boxes, not polygons; expected --task detect for --format voc "
                         "(use a COCO or YOLO source for segmentation)")
     root = _root(src)
     parsed = []
-    for image_id, split, _where in _ids(root, problems):
-        item, raw = _parse(root / "Annotations" / f"{image_id}.xml", root, split, task, None, problems)
+    for image_id, split in _ids(root, problems):
+        item, raw = _parse(root / "Annotations" / f"{image_id}.xml", root, split, problems)
         if item:
             parsed.append((item, raw))
     if classes:
@@ -152,7 +151,8 @@ def read(src: Path, task: str, classes: list[str] | None, problems: Problems) ->
             if name not in index:
                 problems.add(where, f"unknown class name {name!r}; expected one of {names}")
                 continue
-            if corners is None:  # difficult
+            if corners is None:
+                item.skip("difficult")
                 continue
             box = pixel_box(*corners, item.size, where, problems)
             if box:

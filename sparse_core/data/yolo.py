@@ -109,7 +109,8 @@ def read(src: Path, task: str, classes: list[str] | None, problems: Problems) ->
     meta = _load_yaml(yaml_path)
     names = _names(meta, yaml_path, classes)
     root = Path(str(meta.get("path") or yaml_path.parent))
-    root = root if root.is_absolute() else yaml_path.parent / root
+    if not root.is_absolute():  # like Ultralytics: relative to the working directory (seed 000), else to the yaml
+        root = root if root.is_dir() else yaml_path.parent / root
     splits = [s for s in ("train", "val") if meta.get(s)]
     if "train" not in splits:
         raise UserError(f"{yaml_path}: train: missing; expected the training images folder")
