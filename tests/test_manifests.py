@@ -178,7 +178,7 @@ def image_violations(image: str) -> list[str]:
 
 
 def policy_violations(meta: dict, spec: dict) -> list[str]:
-    """Our policy on top of PSS: read-only root with writable /tmp, requests+limits, pinned images, no inline secrets."""
+    """Our policy on top of PSS: read-only root + writable /tmp, requests+limits, pinned images, no inline secrets."""
     v = []
     volumes = {vol["name"]: vol for vol in spec.get("volumes") or []}
     for key, c in all_containers(spec):
@@ -375,7 +375,8 @@ def test_prod_external_uses_external_stores(rendered):
                                                    ["AWS_ENDPOINT_URL"])
     # the dev/prod in-cluster objects are all still there in plain prod
     prod = {(o["kind"], o["metadata"]["name"]) for o in rendered["prod"]}
-    assert {("StatefulSet", "postgres"), ("Deployment", "seaweedfs"), ("PersistentVolumeClaim", "seaweedfs-data")} <= prod
+    in_cluster = {("StatefulSet", "postgres"), ("Deployment", "seaweedfs"), ("PersistentVolumeClaim", "seaweedfs-data")}
+    assert in_cluster <= prod
 
 
 def test_mlflow_server_command(rendered):
@@ -385,7 +386,8 @@ def test_mlflow_server_command(rendered):
         assert c["command"] == ["mlflow", "server"]
         args = c["args"]
         for flag in ("--serve-artifacts", "--host=0.0.0.0", "--port=5000",
-                     "--artifacts-destination=$(MLFLOW_ARTIFACTS_DESTINATION)", "--allowed-hosts=$(MLFLOW_ALLOWED_HOSTS)"):
+                     "--artifacts-destination=$(MLFLOW_ARTIFACTS_DESTINATION)",
+                     "--allowed-hosts=$(MLFLOW_ALLOWED_HOSTS)"):
             assert flag in args
         assert not any("backend-store-uri" in a for a in args)  # read from env: keeps the password out of argv
         env = {e["name"]: e for e in c["env"]}
@@ -597,3 +599,27 @@ def test_component_image_reference_comes_from_one_place(monkeypatch):
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert version == __version__
     assert "0.1.0-cpu" in (MANIFESTS / "Dockerfile").read_text().replace(__version__, "0.1.0")
+
+
+def test_deploy_docs_match_the_manifests():
+    """docs/deploy.md's commands name paths, secrets and services that exist."""
+    doc = (ROOT / "docs" / "deploy.md").read_text()
+    steps = re.findall(r"^(\d+)\. \*\*", doc, re.M)
+    assert steps == [str(i) for i in range(1, len(steps) + 1)] and len(steps) >= 8
+    readme = (MANIFESTS / "README.md").read_text()
+    paths = set(re.findall(r"(?<![\w/])(manifests/[\w./-]+[\w/])", doc + readme))
+    paths |= {"manifests/" + p for p in re.findall(r"`((?:overlays|components|base|secrets)/[\w./-]+[\w/])`", readme)}
+    assert len(paths) >= 6
+    for path in paths:
+        assert (ROOT / path).exists(), path
+    assert "kubectl apply -k manifests/overlays/dev" in doc
+    assert "cluster-scoped-resources?ref=$PIPELINE_VERSION" in doc  # KFP from its own manifests, not vendored
+    for name in SECRET_KEYS:
+        assert f"{name}.env" in doc
+    assert "kubectl -n kubeflow create secret generic sparsepipe-s3" in doc
+    assert "sparsepipe cluster check" in doc
+    assert "sparsepipe pipeline submit sparse_transfer --host http://localhost:8080" in doc
+    assert "port-forward svc/mlflow 5000:5000" in doc and "http://localhost:5000" in doc
+    for param in ("model", "zoo", "data", "data_format", "recipe", "imgsz", "batch", "mlflow_uri", "experiment",
+                  "register_name"):
+        assert re.search(rf"--param '?{param}=", doc), param
