@@ -58,8 +58,8 @@ class PipelineConfig:
     gpu_tolerations: list[dict[str, Any]] = field(default_factory=list)
 
 
-_ENV_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION",
-             "SPARSEPIPE_CACHE")
+# what pipelines/k8s.py maps into every step (boto3 reads AWS_ENDPOINT_URL_S3 for S3 clients)
+_ENV_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION")
 _TOLERATION_FIELDS = {"key", "operator", "value", "effect", "tolerationSeconds"}
 
 

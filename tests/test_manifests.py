@@ -372,7 +372,7 @@ def test_prod_external_uses_external_stores(rendered):
     cfg = find(objs, "ConfigMap", "mlflow-config", "sparsepipe")["data"]
     assert cfg["MLFLOW_S3_ENDPOINT_URL"].startswith("https://")
     assert "svc.cluster.local" not in json.dumps(find(objs, "ConfigMap", PIPELINE_CONFIGMAP, RUN_NAMESPACE)["data"]
-                                                   ["AWS_ENDPOINT_URL"])
+                                                   ["AWS_ENDPOINT_URL_S3"])
     # the dev/prod in-cluster objects are all still there in plain prod
     prod = {(o["kind"], o["metadata"]["name"]) for o in rendered["prod"]}
     in_cluster = {("StatefulSet", "postgres"), ("Deployment", "seaweedfs"), ("PersistentVolumeClaim", "seaweedfs-data")}
@@ -623,3 +623,20 @@ def test_deploy_docs_match_the_manifests():
     for param in ("model", "zoo", "data", "data_format", "recipe", "imgsz", "batch", "mlflow_uri", "experiment",
                   "register_name"):
         assert re.search(rf"--param '?{param}=", doc), param
+
+
+def test_pipeline_compiler_settings_match_the_manifests(rendered):
+    """pipelines/k8s.py (what compile/submit put in the IR) names the objects the manifests create."""
+    from pipelines import k8s
+
+    for overlay in OVERLAYS:
+        objs = rendered[overlay]
+        cfg = find(objs, "ConfigMap", k8s.K8sSettings().config_map, RUN_NAMESPACE)["data"]
+        assert set(k8s.CONFIG_ENV) <= set(cfg), overlay
+        settings = k8s.K8sSettings.from_env(cfg)
+        assert settings.data_pvc == DATA_PVC and find(objs, "PersistentVolumeClaim", settings.data_pvc, RUN_NAMESPACE)
+        assert settings.data_mount == parse_pipeline_config(cfg).data_mount
+        assert settings.s3_secret in SECRET_KEYS and set(k8s.S3_ENV.values()) == set(SECRET_KEYS[settings.s3_secret])
+        assert settings.gpus == (0 if overlay == "dev" else 1)
+    prod = k8s.K8sSettings.from_env(find(rendered["prod"], "ConfigMap", PIPELINE_CONFIGMAP, RUN_NAMESPACE)["data"])
+    assert prod.gpu_node_selector == {"nvidia.com/gpu.present": "true"} and prod.gpu_tolerations
