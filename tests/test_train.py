@@ -212,3 +212,39 @@ def test_bad_input_exits_2_with_one_line(data, tmp_path):
         assert "Traceback" not in res.stderr, res.stderr[-1500:]
         assert len(lines) == 1 and needle in lines[0], (needle, res.stderr[-800:])
     assert not list(tmp_path.rglob("best.pt")), "a failed run left a best.pt"
+
+
+def test_train_from_zoo_stub_on_s3(pruned_v8, data, s3_bucket, tmp_path, monkeypatch):
+    """Seed 000's flow: a pruned checkpoint and its transfer recipe come from zoo: stubs (SeaweedFS S3)."""
+    from sparse_core.zoo import publish
+
+    monkeypatch.setenv("SPARSEPIPE_CACHE", str(tmp_path / "cache"))
+    zoo = f"s3://{s3_bucket}/zoo"
+    run_dir = Path(pruned_v8["save_dir"])
+    (run_dir / "transfer_learn.yaml").write_text(CONSTANT)
+    stub = "zoo:cv/detection/yolov8-n/pytorch/ultralytics/synth/pruned50-none"
+    publish(run_dir, stub, zoo=zoo)
+    res = cli("train", "--model", stub, "--recipe", f"{stub}?recipe_type=transfer_learn", "--zoo", zoo,
+              "--data", str(data), "--imgsz", str(IMGSZ), "--batch", "8", "--workers", "0", "--project",
+              str(tmp_path), "--name", "fromzoo", "--no-plots", "--json")
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["epochs"] == 2
+    assert abs(summary["sparsity"] - pruned_v8["sparsity"]) < 1e-6  # the stub's zeros were held
+
+
+def test_yolact_style_coco_flags(tmp_path):
+    """Seed 003's COCO JSON + image folder flags prepare a segment set and train a -seg model."""
+    from sparse_core.data.writers import write_coco
+
+    coco = write_coco(synth_dataset(tmp_path / "src", task="segment", n_train=8, n_val=4, imgsz=IMGSZ, seed=3),
+                      tmp_path / "coco")
+    res = cli("train", "--model", "yolov8n-seg.yaml", "--train_info", str(coco / "annotations/instances_train.json"),
+              "--validation_info", str(coco / "annotations/instances_val.json"), "--train_images",
+              str(coco / "images/train"), "--validation_images", str(coco / "images/val"), "--save_folder",
+              str(tmp_path / "runs"), "--name", "yolact", "--batch_size", "4", "--epochs", "1", "--imgsz", str(IMGSZ),
+              "--workers", "0", "--no-plots", "--json")
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["task"] == "segment" and "mask_map50" in summary
+    assert (tmp_path / "runs" / "yolact-data" / "data.yaml").is_file()

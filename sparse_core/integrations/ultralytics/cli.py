@@ -14,11 +14,11 @@ def register(sub) -> None:
     p.add_argument("--recipe-args", "--recipe_args", dest="recipe_args", help="JSON overrides of recipe variables")
     p.add_argument("--epochs", type=int, help="epochs when the recipe does not set them")
     p.add_argument("--imgsz", "--img-size", "--image-size", dest="imgsz", type=int, default=640)
-    p.add_argument("--batch", "--batch-size", dest="batch", type=int, default=16)
+    p.add_argument("--batch", "--batch-size", "--batch_size", dest="batch", type=int, default=16)
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--gradient-accum-steps", "--gradient_accum_steps", dest="gradient_accum_steps", type=int,
                    default=1)
-    p.add_argument("--project", default="runs/sparsepipe")
+    p.add_argument("--project", "--save_folder", dest="project", default="runs/sparsepipe")
     p.add_argument("--name", default="train")
     p.add_argument("--resume", metavar="CKPT", help="continue an interrupted run from its last.pt")
     p.add_argument("--seed", type=int, default=0)
@@ -28,6 +28,10 @@ def register(sub) -> None:
     p.add_argument("--experiment", default="sparsepipe", help="MLflow experiment name")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="skip Ultralytics' plots")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    yolact = p.add_argument_group("YOLACT-style COCO inputs (seed 003); prepared into an Ultralytics segment set")
+    for flag in ("--train_info", "--validation_info", "--train_images", "--validation_images"):
+        yolact.add_argument(flag, help=argparse.SUPPRESS if flag != "--train_info" else
+                            "with --validation_info, --train_images, --validation_images instead of --data")
     p.set_defaults(func=_train)
 
     v = sub.add_parser("val", help="evaluate a checkpoint, an ONNX model or a deployment folder")
@@ -40,9 +44,42 @@ def register(sub) -> None:
     v.set_defaults(func=_val)
 
 
+def _yolact_data(args: argparse.Namespace) -> str:
+    """COCO JSON + image folders given YOLACT-style -> an Ultralytics segment data set next to the run."""
+    from pathlib import Path
+
+    from sparse_core.data.prepare import prepare_dataset
+    from sparse_core.errors import UserError
+
+    given = {k: getattr(args, k) for k in ("train_info", "validation_info", "train_images", "validation_images")}
+    missing = [f"--{k}" for k, v in given.items() if not v]
+    if missing:
+        raise UserError(f"YOLACT-style data needs all four of --train_info --validation_info --train_images "
+                        f"--validation_images (missing {' '.join(missing)})")
+    out = Path(args.project) / f"{args.name}-data"
+    if (out / "data.yaml").is_file():
+        return str(out / "data.yaml")
+    stage = Path(args.project) / f".{args.name}-coco-src"
+    for sub in ("annotations", "images"):
+        (stage / sub).mkdir(parents=True, exist_ok=True)
+    links = {stage / "annotations" / "instances_train.json": given["train_info"],
+             stage / "annotations" / "instances_val.json": given["validation_info"],
+             stage / "images" / "train": given["train_images"], stage / "images" / "val": given["validation_images"]}
+    for link, target in links.items():
+        if not Path(target).exists():
+            raise UserError(f"{target}: not found")
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to(Path(target).resolve())
+    prepare_dataset(stage, "coco", out, task="segment")
+    return str(out / "data.yaml")
+
+
 def _train(args: argparse.Namespace) -> int:
     from sparse_core.integrations.ultralytics import train
 
+    if any(getattr(args, k) for k in ("train_info", "validation_info", "train_images", "validation_images")):
+        args.data = _yolact_data(args)
     summary = train(model=args.model, data=args.data, recipe=args.recipe, recipe_args=args.recipe_args,
                     epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, workers=args.workers,
                     gradient_accum_steps=args.gradient_accum_steps, project=args.project, name=args.name,
