@@ -11,7 +11,7 @@ from sparse_core.errors import UserError
 from sparse_core.tracking.redaction import redact
 
 CONNECT_TIMEOUT_ENV = "SPARSEPIPE_MLFLOW_CONNECT_TIMEOUT"  # seconds to wait for an unreachable server at start
-DEFAULT_CONNECT_TIMEOUT = 20.0
+DEFAULT_CONNECT_TIMEOUT = 15.0
 
 
 def resolve_uri(uri: str | None) -> str | None:
@@ -25,8 +25,10 @@ def is_http(uri: str) -> bool:
 
 @contextlib.contextmanager
 def http_limits(retries: int = 0, timeout: float = 10):
-    """Make MLflow's REST client fail fast inside the block (its defaults retry for minutes)."""
-    names = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, int(timeout)))}
+    """Make MLflow's REST client fail fast inside the block (its defaults retry for minutes), and stop it printing
+    run URLs to stdout (it prints the tracking URI as given, credentials included)."""
+    names = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, int(timeout))),
+             "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
     saved = {k: os.environ.get(k) for k in names}
     os.environ.update(names)
     try:
@@ -52,7 +54,7 @@ def is_transient(err: BaseException) -> bool:
 def connect(uri: str, timeout: float | None = None):
     """An ``MlflowClient`` for ``uri`` whose store answered; UserError (URI redacted) within ``timeout`` seconds.
 
-    HTTP servers are probed until ``timeout`` (default ``$SPARSEPIPE_MLFLOW_CONNECT_TIMEOUT`` or 20 s) so a server
+    HTTP servers are probed until ``timeout`` (default ``$SPARSEPIPE_MLFLOW_CONNECT_TIMEOUT`` or 15 s) so a server
     that is still starting is waited for, while an absent one is reported instead of hanging.
     """
     from mlflow.exceptions import MlflowException

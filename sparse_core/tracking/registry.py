@@ -133,8 +133,11 @@ def register_model(deploy_dir, name: str, run_id: str | None = None, alias: str 
                 version_tags.update({str(k): str(v) for k, v in (tags or {}).items()})
                 version_tags = {k: redact_value(k, v) for k, v in version_tags.items()}
                 with _GlobalUri(uri):
+                    # explicit requirements: MLflow would otherwise infer them by loading the model in a
+                    # subprocess (seconds, for the same answer)
                     info = mlflow.onnx.log_model(onnx_model, name="model", run_id=run_id,
-                                                 save_as_external_data=False, extra_files=extra_files)
+                                                 save_as_external_data=False, extra_files=extra_files,
+                                                 pip_requirements=mlflow.onnx.get_default_pip_requirements())
                     mv = mlflow.register_model(info.model_uri, name, tags=version_tags)
                 if alias:
                     client.set_registered_model_alias(name, alias, mv.version)
