@@ -1,0 +1,1 @@
+"""The benchmark component (see README.md)."""

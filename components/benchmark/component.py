@@ -1,0 +1,50 @@
+"""benchmark: throughput, latency and size of an exported model on a stock CPU runtime."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Input, Metrics, Model, Output
+
+from sparse_core.image import component_image
+
+
+@dsl.component(base_image=component_image(), install_kfp_package=False)
+def benchmark(
+    deployment: Input[Model],
+    result: Output[Artifact],
+    metrics: Output[Metrics],
+    engine: str = "onnxruntime",
+    threads: int = 0,
+    seconds: float = 0.0,
+    iterations: int = 50,
+    warmup: int = 5,
+    mlflow_uri: str = "",
+    experiment: str = "sparsepipe",
+    parent_run_id: str = "",
+    cache_dir: str = "",
+) -> float:
+    """Benchmark the deployment folder; the JSON result and the standard metrics come out.
+
+    Args:
+        deployment: export_model output.
+        result: Output ``benchmark.json`` (img/s, latency percentiles, MB raw/gzip, CPU, versions).
+        metrics: images_per_s, latency_p50_ms, latency_p90_ms, size_mb, size_gzip_mb.
+        engine: ``onnxruntime`` (or ``deepsparse`` when installed in the image).
+        threads: Inference threads; 0 = the CPUs this pod may use.
+        seconds: Measure for this long (0 = use ``iterations``).
+        iterations: Timed iterations when ``seconds`` is 0.
+        warmup: Untimed warm-up iterations.
+        mlflow_uri: MLflow tracking URI; empty means ``$MLFLOW_TRACKING_URI`` (or no tracking).
+        experiment: MLflow experiment name.
+        parent_run_id: MLflow run of the pipeline; this step logs a child run under it.
+        cache_dir: Step cache folder; ``none`` disables it.
+
+    Returns:
+        Images per second.
+    """
+    from sparse_core import steps
+
+    res = steps.benchmark(model=deployment.path, out=result.path, engine=engine, threads=threads, seconds=seconds,
+                          iterations=iterations, warmup=warmup, mlflow_uri=mlflow_uri, experiment=experiment,
+                          parent_run_id=parent_run_id, cache_dir=cache_dir)
+    for key, value in steps.bench_metrics(res).items():
+        metrics.log_metric(key, float(value))
+    return float(res["images_per_s"])

@@ -1,0 +1,1 @@
+"""The close_run component (see README.md)."""

@@ -1,0 +1,1 @@
+"""The export_model component (see README.md)."""

@@ -1,0 +1,1 @@
+"""The fetch_checkpoint component (see README.md)."""

@@ -1,0 +1,1 @@
+"""The open_run component (see README.md)."""

@@ -1,0 +1,1 @@
+"""The prepare_dataset component (see README.md)."""

@@ -1,0 +1,1 @@
+"""The qat component (see README.md)."""

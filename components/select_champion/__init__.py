@@ -1,0 +1,1 @@
+"""The select_champion component (see README.md)."""

@@ -1,0 +1,42 @@
+"""select_champion: move the ``champion`` alias to the best registered version meeting a metric constraint."""
+
+from typing import List
+
+from kfp import dsl
+
+from sparse_core.image import component_image
+
+
+@dsl.component(base_image=component_image(), install_kfp_package=False)
+def select_champion(
+    name: str,
+    candidates: List[str],
+    metric: str = "images_per_s",
+    constraint: str = "map50>=0.9*dense",
+    higher_is_better: bool = True,
+    mlflow_uri: str = "",
+    experiment: str = "sparsepipe",
+    parent_run_id: str = "",
+) -> str:
+    """Pick the champion among the registered versions of ``name``.
+
+    Args:
+        name: Registered model name.
+        candidates: Versions registered by this sweep (fan-in of the ParallelFor; makes this step wait for them).
+        metric: Metric to maximise (or minimise), e.g. ``images_per_s``.
+        constraint: e.g. ``map50>=0.9*dense`` (dense = the version tagged ``baseline=dense``); empty for none.
+        higher_is_better: Maximise ``metric`` when true.
+        mlflow_uri: MLflow tracking URI; empty means ``$MLFLOW_TRACKING_URI``. Required.
+        experiment: MLflow experiment name.
+        parent_run_id: MLflow run of the pipeline; this step logs a child run under it.
+
+    Returns:
+        The champion's version number.
+    """
+    from sparse_core import steps
+
+    print(f"select_champion: candidates from this sweep: {candidates}")
+    result = steps.select_champion(name=name, metric=metric, constraint=constraint,
+                                   higher_is_better=higher_is_better, mlflow_uri=mlflow_uri, experiment=experiment,
+                                   parent_run_id=parent_run_id)
+    return result["version"]

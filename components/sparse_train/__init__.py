@@ -1,0 +1,1 @@
+"""The sparse_train component (see README.md)."""
