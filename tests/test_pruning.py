@@ -241,8 +241,8 @@ def test_errors_selector_quantization_structured():
         RecipeManager(recipe, model, torch.optim.SGD(model.parameters(), lr=0.1)).initialize(0.0)
 
     text = GMP.format(type="GMPruningModifier", params="__ALL_PRUNABLE__", final=0.5, inter_func="cubic")
-    model, opt, mgr = make(text + "    mask_type: filter\n")
-    with pytest.raises(NotSupportedYet, match="mask_type: 'filter'"):
+    model, opt, mgr = make(text + "    mask_type: channel\n")  # filter: structured pruning, tests/test_structured.py
+    with pytest.raises(NotSupportedYet, match="mask_type: 'channel'"):
         mgr.initialize(0.0)
 
 

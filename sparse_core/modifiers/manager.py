@@ -84,6 +84,10 @@ class RecipeManager:
         self._pending = self._advance(epoch)
 
     def _pruner(self, mod: Modifier, where: str, params: dict[str, torch.nn.Parameter]) -> PruningExecutor:
+        if isinstance(mod, GMPruningModifier) and mod.mask_type == "filter":
+            from sparse_core.structured import StructuredGMPExecutor  # coupled channels, thinned after training
+
+            return StructuredGMPExecutor(mod, where, self.model, params)
         if isinstance(mod, GMPruningModifier):
             final: dict[str, float] = {}
             for selector, sparsity in mod.selector_sparsities():

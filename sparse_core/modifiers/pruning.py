@@ -75,8 +75,8 @@ def _check_mask_type(mod, where: str) -> None:
     mask_type = getattr(mod, "mask_type", "unstructured")
     if mask_type == "unstructured" or mask_type == [1, 1]:
         return
-    raise NotSupportedYet(f"{where}: mask_type: {mask_type!r} (structured/block pruning) is not supported yet; "
-                          "use mask_type: unstructured")
+    raise NotSupportedYet(f"{where}: mask_type: {mask_type!r} is not supported yet; "
+                          "use mask_type: unstructured, or filter (whole channels, removed after training)")
 
 
 class PruningExecutor:
