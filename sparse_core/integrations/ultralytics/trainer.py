@@ -63,6 +63,13 @@ class SparseTrainerMixin:
         ):
             self.add_callback(event, fn)
 
+    def get_model(self, cfg=None, weights=None, verbose=True):
+        """A structurally thinned checkpoint trains as saved (its yaml no longer matches its widths)."""
+        from sparse_core.structured.training import training_model
+
+        model = training_model(self, weights)
+        return model if model is not None else super().get_model(cfg=cfg, weights=weights, verbose=verbose)
+
     # -- checkpoints ---------------------------------------------------------------------------------------------
     def sparse_meta(self, full_state: bool) -> dict:
         recipe = self.sparse.recipe
@@ -176,6 +183,9 @@ def _train_end(trainer) -> None:
             if "train_state" in meta:
                 meta.pop("train_state")
                 save_atomic(ckpt, path)
+    from sparse_core.structured.training import thin_trained_checkpoints
+
+    thin_trained_checkpoints(trainer)  # mask_type: filter recipes: remove the zeroed channels (no-op otherwise)
 
 
 class SparseDetectionTrainer(SparseTrainerMixin, DetectionTrainer):
