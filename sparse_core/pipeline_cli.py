@@ -58,25 +58,30 @@ def _k8s_settings(args):
 
 
 def pipeline_inputs(func) -> dict[str, tuple[str, object, bool]]:
-    """name -> (KFP type, default, has_default) of a pipeline function's parameters."""
+    """name -> (IR parameter type, default, has_default) of a pipeline's parameters, from its compiled spec
+    (``STRING``, ``NUMBER_INTEGER``, ``NUMBER_DOUBLE``, ``BOOLEAN``, ``LIST``, ``STRUCT``)."""
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    names = pipeline_spec_pb2.ParameterType.ParameterTypeEnum
+    ir = func.pipeline_spec.root.input_definitions.parameters
     out = {}
-    for name, spec in func.component_spec.inputs.items():
-        out[name] = (str(spec.type), spec.default, spec.optional or spec.default is not None)
+    for name, spec in func.component_spec.inputs.items():  # declaration order, Python defaults
+        out[name] = (names.Name(ir[name].parameter_type), spec.default,
+                     spec.default is not None or bool(spec.optional))
     return out
 
 
 def _convert(name: str, kind: str, value: str):
-    kind = kind.upper()
     try:
-        if kind in ("INTEGER", "NUMBER_INTEGER"):
+        if kind == "NUMBER_INTEGER":
             return int(value)
-        if kind in ("FLOAT", "NUMBER_DOUBLE"):
+        if kind == "NUMBER_DOUBLE":
             return float(value)
         if kind == "BOOLEAN":
             if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
                 raise ValueError(value)
             return value.lower() in ("true", "1", "yes")
-        if kind in ("LIST", "STRUCT", "DICT"):
+        if kind in ("LIST", "STRUCT"):
             if kind == "LIST" and not value.strip().startswith("["):
                 return [_scalar(v.strip()) for v in value.split(",") if v.strip()]
             parsed = json.loads(value)
@@ -84,7 +89,7 @@ def _convert(name: str, kind: str, value: str):
                 raise ValueError(value)
             return parsed
     except (ValueError, json.JSONDecodeError):
-        expected = {"INTEGER": "an integer", "FLOAT": "a number", "BOOLEAN": "true or false",
+        expected = {"NUMBER_INTEGER": "an integer", "NUMBER_DOUBLE": "a number", "BOOLEAN": "true or false",
                     "LIST": "a JSON list or comma-separated values", "STRUCT": "a JSON object"}
         raise UserError(f"--param {name}={value}: expected {expected.get(kind, kind.lower())}") from None
     return value
@@ -133,7 +138,7 @@ def _list(args) -> int:
         if not args.json:
             print(f"{name}:")
             for k, v in rows[name].items():
-                print(f"  {k:<16} {v['type']:<8} " + ("(required)" if v["required"] else f"= {v['default']!r}"))
+                print(f"  {k:<16} {v['type']:<14} " + ("(required)" if v["required"] else f"= {v['default']!r}"))
     if args.json:
         print(json.dumps(rows))
     return 0
@@ -213,6 +218,10 @@ def run_local(name: str, params: dict, pipeline_root: str | os.PathLike | None =
     os.environ.setdefault("YOLO_OFFLINE", "1")
     t0 = time.perf_counter()
     failure = None
+    import warnings
+
+    # the runner warns for every task that our image name has no 'python' in it: true, and irrelevant here
+    warnings.filterwarnings("ignore", message="You may be attemping to run a task", category=RuntimeWarning)
     try:
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
         func(**params)
@@ -371,7 +380,11 @@ def submit(name: str, host: str, params: dict, experiment: str = DEFAULT_KFP_EXP
     with tempfile.TemporaryDirectory(prefix="sparsepipe-submit-") as tmp:
         package = compile_pipeline(name, Path(tmp) / f"{name}.yaml", k8s)
         try:
-            client = kfp.Client(host=host, namespace=namespace or "kubeflow")
+            import warnings
+
+            with warnings.catch_warnings():  # "only works with KFP v2.0.0-beta.2 and later": true, and noise
+                warnings.simplefilter("ignore", FutureWarning)
+                client = kfp.Client(host=host, namespace=namespace or "kubeflow")
             result = client.create_run_from_pipeline_package(
                 str(package), arguments=params, run_name=run_name or f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
                 experiment_name=experiment, namespace=namespace, service_account=service_account,

@@ -158,13 +158,16 @@ def _inherit_parent_tags(tracker, parent_run_id: str) -> None:
 
 def _log_outcome(tracker, hit: bool, key: str, metrics: dict | None = None, tags: dict | None = None,
                  history: list | None = None, artifacts: list | None = None) -> None:
-    tracker.set_tags({TAG_CACHE: "hit" if hit else "miss", TAG_CACHE_KEY: key, **(tags or {})})
+    cache = {TAG_CACHE: "hit" if hit else "miss", TAG_CACHE_KEY: key} if key else {TAG_CACHE: "skip"}
+    tracker.set_tags({**cache, **(tags or {})})
+    last = 0
     for row in history or []:
         row = dict(row)
-        epoch = int(row.pop("epoch", 0))
-        tracker.log_metrics(row, step=epoch)
-    if metrics:
-        tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        last = max(last, int(row.pop("epoch", 0)))
+        tracker.log_metrics(row, step=last)
+    if metrics:  # at the last epoch's step, so the UI's "latest" value is the final one, not an epoch's
+        tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                            step=last)
     for path in artifacts or []:
         if Path(path).exists():
             tracker.log_artifact(path)
@@ -666,7 +669,6 @@ def export_model(model: str, out: str, imgsz: int = 0, batch: int = 1, opset: in
     and ``summary.json`` of the training) from ``model/model.pt``; ``imgsz`` 0 = the training image size."""
     params = {"imgsz": imgsz, "batch": batch, "opset": opset}
     with step_run(step, params, mlflow_uri, experiment, parent_run_id) as tracker:
-        from sparse_core.export import export_model as export
         from sparse_core.step_cache import cached
 
         src, out_dir = Path(model), Path(out)
@@ -677,6 +679,8 @@ def export_model(model: str, out: str, imgsz: int = 0, batch: int = 1, opset: in
         parts = {"weights": _sha256(weights), "imgsz": int(imgsz), "batch": int(batch), "opset": int(opset)}
 
         def compute(o: Path) -> dict:
+            from sparse_core.export import export_model as export
+
             if o.exists() and not any(o.iterdir()):
                 o.rmdir()
             info = export(str(weights), o, imgsz=int(imgsz) or None, batch=int(batch), opset=int(opset))
@@ -722,7 +726,7 @@ def benchmark(model: str, out: str, engine: str = "onnxruntime", threads: int = 
         cpu = cpu_info()
         parts = {"onnx": _sha256(onnx_path), "engine": engine, "threads": threads_n, "seconds": float(seconds),
                  "iterations": int(iterations), "warmup": int(warmup),
-                 "cpu": {k: cpu.get(k) for k in ("model", "model_name", "isa", "flags_hash") if k in cpu}}
+                 "cpu": {k: cpu.get(k) for k in ("model", "isa", "flags", "available_cpus")}}
         out_path = Path(out)
 
         def compute(o: Path) -> dict:
