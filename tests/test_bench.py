@@ -68,7 +68,7 @@ def test_cli_compare_interleaved_json(deployments, capsys):
     assert rc == 0
     r = last_json(capsys)
     other = r["compare"]
-    assert r["interleaved"] is True and r["iterations"] == other["iterations"] == 6
+    assert r["interleaved"]["order"] == "ABBA blocks" and r["iterations"] == other["iterations"] == 6
     assert r["speedup"] == pytest.approx(r["images_per_s"] / other["images_per_s"], rel=1e-3)
     assert r["size_ratio_gzip"] == pytest.approx(other["size_gzip_bytes"] / r["size_gzip_bytes"], rel=1e-3)
     # same architecture: raw sizes within a few bytes, but half the weights are zero so gzip shrinks the pruned one
