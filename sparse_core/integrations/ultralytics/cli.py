@@ -13,6 +13,8 @@ def register(sub) -> None:
     p.add_argument("--recipe", help="recipe .yaml/.md or zoo: stub")
     p.add_argument("--recipe-args", "--recipe_args", dest="recipe_args", help="JSON overrides of recipe variables")
     p.add_argument("--epochs", type=int, help="epochs when the recipe does not set them")
+    p.add_argument("--teacher", "--teacher-weights", "--teacher_weights", dest="teacher",
+                   help="distillation teacher: checkpoint .pt, zoo: stub, 'self' or 'disable'")
     p.add_argument("--imgsz", "--img-size", "--image-size", dest="imgsz", type=int, default=640)
     p.add_argument("--batch", "--batch-size", "--batch_size", dest="batch", type=int, default=16)
     p.add_argument("--workers", type=int, default=8)
@@ -84,7 +86,7 @@ def _train(args: argparse.Namespace) -> int:
                     epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, workers=args.workers,
                     gradient_accum_steps=args.gradient_accum_steps, project=args.project, name=args.name,
                     resume=args.resume, seed=args.seed, zoo=args.zoo, plots=args.plots, device=args.device,
-                    mlflow=args.mlflow, experiment=args.experiment)
+                    mlflow=args.mlflow, experiment=args.experiment, teacher=args.teacher)
     _print(summary, args.json)
     return 0
 

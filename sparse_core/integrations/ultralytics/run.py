@@ -112,8 +112,11 @@ def train(
     mlflow: str | None = None,
     experiment: str = "sparsepipe",
     parent_run_id: str | None = None,
+    teacher: str | None = None,
 ) -> dict:
     """Train with an optional recipe; returns (and writes) the run summary.
+
+    ``teacher`` (distillation modifiers): a checkpoint path, ``zoo:`` stub, ``self`` or ``disable``.
 
     With ``mlflow`` (or ``MLFLOW_TRACKING_URI``) set, the run is recorded in MLflow and its id stored in every
     checkpoint, so export/register later log into the same run.
@@ -160,11 +163,14 @@ def train(
         # The recipe owns the learning rate: plain SGD, no Ultralytics warmup fighting its schedule.
         args.update(optimizer="SGD", warmup_epochs=0)
     args.update(extra_args or {})
-    run_meta = {"base": base, **(meta or {})}
+    from sparse_core.distillation import resolve_spec
+
+    teacher = resolve_spec(teacher, zoo)
+    run_meta = {"base": base, **(meta or {}), **({"teacher": teacher} if teacher else {})}
     tracker = _start_tracker(mlflow, experiment, name, parent_run_id, rec, data, run_meta)
     params = {"base": base, "data_hash": run_meta.get("data_hash"), "recipe_args": rec.args if rec else None,
               "gradient_accum_steps": gradient_accum_steps}
-    sparse = SparseRun(recipe=rec, seed=seed, meta=run_meta,
+    sparse = SparseRun(recipe=rec, seed=seed, meta=run_meta, teacher=teacher,
                        callbacks=[*training_callbacks(tracker, rec, params), *(callbacks or [])])
     return _run(TRAINERS[task](overrides=args, sparse=sparse), save_dir, tracker)
 
@@ -202,9 +208,9 @@ def _resume(ckpt_path: str, data: str | None, workers: int | None, callbacks: li
         overrides["data"] = str(Path(data).resolve())
     if workers is not None:
         overrides["workers"] = workers
-    keep = {k: meta[k] for k in ("base", "data_hash", "mlflow_run_id") if k in meta}
+    keep = {k: meta[k] for k in ("base", "data_hash", "mlflow_run_id", "teacher") if k in meta}
     tracker = _start_tracker(mlflow, "sparsepipe", None, None, rec, None, keep, run_id=keep.get("mlflow_run_id"))
-    sparse = SparseRun(recipe=rec, seed=int(meta.get("seed", 0)), resume_meta=meta, meta=keep,
+    sparse = SparseRun(recipe=rec, seed=int(meta.get("seed", 0)), resume_meta=meta, meta=keep, teacher=keep.get("teacher"),
                        callbacks=[*training_callbacks(tracker, None, {}), *(callbacks or [])])
     trainer = TRAINERS[task](overrides=overrides, sparse=sparse)
     if not 0 < ckpt.get("epoch", -1) + 1 < trainer.epochs:

@@ -26,6 +26,7 @@ import torch
 
 from sparse_core.checkpoint import save_atomic
 from sparse_core.integrations.ultralytics import offline  # noqa: F401  (sets YOLO_OFFLINE before ultralytics)
+from sparse_core.integrations.ultralytics import qat  # QuantizationModifier wiring (EMA, AMP) — issue 3/8
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.utils.torch_utils import unwrap_model
@@ -42,6 +43,7 @@ class SparseRun:
     resume_meta: dict = field(default_factory=dict)  # sparsepipe entry of the checkpoint being resumed
     meta: dict = field(default_factory=dict)  # extra lineage stored in every checkpoint (base, data_hash, ...)
     callbacks: list = field(default_factory=list)  # (event, fn) pairs added to the trainer (tracking, ...)
+    teacher: Any = None  # distillation teacher: checkpoint path, zoo: stub, "self", "disable" or None
 
 
 class SparseTrainerMixin:
@@ -69,6 +71,16 @@ class SparseTrainerMixin:
 
         model = training_model(self, weights)
         return model if model is not None else super().get_model(cfg=cfg, weights=weights, verbose=verbose)
+
+    def _load_checkpoint_state(self, ckpt):
+        """QAT / distillation resume: the recipe rebuilds the model and optimizer shape first, then ``_setup_recipe``
+        loads the exact fp32 state; Ultralytics' own (strict, fp16) load would not match yet."""
+        if not (self.resume and qat.needs_structure_first(self.sparse.resume_meta)):
+            return super()._load_checkpoint_state(ckpt)
+        self.best_fitness = ckpt.get("best_fitness")
+        self.stopper.__dict__.update(ckpt.get("stopper") or {})
+        if self.ema:
+            self.ema.updates = ckpt.get("updates") or 0
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
     def sparse_meta(self, full_state: bool) -> dict:
@@ -119,23 +131,34 @@ class SparseTrainerMixin:
 def _setup_recipe(trainer) -> None:
     """Build the manager on the live model/optimizer; on resume restore the exact fp32 state and masks."""
     state = trainer.sparse.resume_meta.get("train_state") if trainer.resume else None
-    if state:
-        unwrap_model(trainer.model).load_state_dict(state["model"])
-        trainer.ema.ema.load_state_dict(state["ema"])
-        trainer.optimizer.load_state_dict(state["optimizer"])
+    structure_first = bool(state) and qat.needs_structure_first(trainer.sparse.resume_meta)
+    if state and not structure_first:
+        _load_train_state(trainer, state)
     recipe = trainer.sparse.recipe
     if recipe is None:
         return
+    import sparse_core.distillation  # noqa: F401  (registers the distillation handlers, issue 3/8)
     from sparse_core.modifiers import RecipeManager
 
     trainer.manager = RecipeManager(
         recipe, unwrap_model(trainer.model), trainer.optimizer, steps_per_epoch=len(trainer.train_loader)
     )
+    trainer.manager.teacher = trainer.sparse.teacher  # read by the distillation handlers
+    trainer.manager.trainer = trainer
     trainer.manager.initialize(epoch=float(trainer.start_epoch))
+    qat.after_manager_step(trainer)
+    if structure_first:
+        _load_train_state(trainer, state)
     if trainer.resume and trainer.sparse.resume_meta.get("manager"):
         trainer.manager.load_state_dict(trainer.sparse.resume_meta["manager"])
     trainer.manager.apply_masks()
     trainer.manager.apply_masks(trainer.ema.ema)
+
+
+def _load_train_state(trainer, state: dict) -> None:
+    unwrap_model(trainer.model).load_state_dict(state["model"])
+    trainer.ema.ema.load_state_dict(state["ema"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
 
 
 def _epoch_start(trainer) -> None:
@@ -158,10 +181,12 @@ def _batch_start(trainer) -> None:
     nb = max(len(trainer.train_loader), 1)
     if trainer.manager.update(trainer.epoch + trainer._batch_i / nb):
         trainer.manager.apply_masks(trainer.ema.ema)
+        qat.after_manager_step(trainer)  # QAT start: EMA restructured, AMP off
     trainer._batch_i += 1
 
 
 def _epoch_end(trainer) -> None:
+    qat.epoch_end(trainer)  # EMA gets the live quantization grid before validation/saving
     model = unwrap_model(trainer.model)
     if trainer.manager is not None:
         overall, _ = trainer.manager.sparsity(model)
