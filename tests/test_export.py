@@ -11,7 +11,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-import yaml
 from onnx import numpy_helper
 
 from sparse_core.cli import main
@@ -156,3 +155,21 @@ def test_non_checkpoint_exit_2(tmp_path, capsys):
     torch.save({"weights": [1, 2, 3]}, tmp_path / "dict.pt")
     assert main(["export", "--weights", str(tmp_path / "dict.pt"), "--out", str(out)]) == 2
     assert not out.exists()
+
+
+def test_failure_after_writing_keeps_previous_folder(pruned, tmp_path):
+    """A fake-quant model onnxruntime cannot run with integer convs fails late; the old deployment stays intact."""
+    from torch.ao.quantization import FakeQuantize
+
+    model = make_model(prune=False)
+    first = model.model[0]
+    first.conv = torch.nn.Sequential(FakeQuantize(), first.conv)  # Q/DQ on one input only: no integer conv
+    out = tmp_path / "deploy"
+    out.mkdir()
+    (out / "model.onnx").write_bytes(b"previous export")
+    with pytest.raises(RuntimeError, match="integer kernels"):
+        export_model({"model": model}, out, imgsz=64)
+    assert (out / "model.onnx").read_bytes() == b"previous export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deploy"]
+    with pytest.raises(Exception, match="no FakeQuantize"):
+        export_model({"model": make_model(prune=False), "sparsepipe": {"quantized": True}}, out, imgsz=64)

@@ -193,7 +193,10 @@ def export_model(
     stride = int(max(model.stride))
     imgsz = _default_imgsz(ckpt, meta) if imgsz is None else imgsz
     _check_args(weights, imgsz, batch, opset, stride)
-    quantized = bool(meta.get("quantized")) or is_quantized(model)
+    quantized = is_quantized(model)
+    if meta.get("quantized") and not quantized:
+        raise UserError(f"{weights}: sparsepipe.quantized is true but the model holds no FakeQuantize modules; "
+                        "expected the QAT model as saved by training")
     task = getattr(model, "task", None) or meta.get("task") or guess_model_task(model)
     names = model.names if isinstance(getattr(model, "names", None), dict) else dict(enumerate(getattr(model, "names", []) or []))
     zeros_checkpoint, _ = conv_zero_count(model)
@@ -257,7 +260,8 @@ def export_model(
         if quantized and not optimized["integer_convs"]:
             raise RuntimeError(
                 "quantized export: onnxruntime runs no conv with integer kernels; it fuses only DQ->Conv->Q, so the "
-                "QAT model must fake-quantize conv outputs (before the activation), weights and inputs"
+                "QAT model must fold BatchNorm into the conv and fake-quantize its input, weights and output (before "
+                f"the activation); graph after onnxruntime's optimisation: {optimized['node_types']}"
             )
 
         recipe = meta.get("recipe_resolved") or meta.get("recipe")
