@@ -264,6 +264,8 @@ class PerLayerDistillationHandler:
         scheduler = getattr(getattr(self.manager, "trainer", None), "scheduler", None)
         if scheduler is not None and hasattr(scheduler, "base_lrs") and len(scheduler.base_lrs) < len(opt.param_groups):
             scheduler.base_lrs.append(lr)  # Ultralytics' LambdaLR scales every group from its base lr
+            if hasattr(scheduler, "lr_lambdas"):
+                scheduler.lr_lambdas.append(scheduler.lr_lambdas[0])
 
     def apply(self, loss: torch.Tensor, preds, teacher_preds) -> tuple[torch.Tensor, torch.Tensor]:
         total = loss.new_zeros(())
