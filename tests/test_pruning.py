@@ -19,6 +19,15 @@ from sparse_core.recipe import load_recipe
 RECIPES = os.path.join(os.path.dirname(__file__), "recipes")
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one intra-op thread avoids OpenMP spin contention on the shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class SmallNet(torch.nn.Module):
     """Three prunable layers, each large enough (>= 600 weights) that one weight is < 1e-3 of the layer."""
 
@@ -37,7 +46,7 @@ class SmallNet(torch.nn.Module):
 
 def batch(step: int):
     gen = torch.Generator().manual_seed(1000 + step)
-    return torch.randn(8, 3, 12, 12, generator=gen), torch.randint(0, 10, (8,), generator=gen)
+    return torch.randn(4, 3, 8, 8, generator=gen), torch.randint(0, 10, (4,), generator=gen)
 
 
 def train_step(model, opt, step):
@@ -90,6 +99,8 @@ def test_gmp_schedule_follows_formula_and_zeros_stay_zero(inter_func):
     assert seen_updates == [1.0 + 0.5 * k for k in range(9)]  # start, every 0.5 epoch, end
     final = zeros(model)
     assert all(abs(v - 0.8) <= 0.005 for v in final.values()), final
+    if inter_func != "cubic":
+        return  # the 50-step revival check below runs once, on SparseML's default schedule
 
     masks = {n: (p == 0).clone() for n, p in model.named_parameters() if n in final}
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -162,13 +162,25 @@ class RecipeManager:
         return out
 
     def _rebuild_masks(self) -> None:
+        """Cache (name, Parameter, mask in the param's dtype/device); executors' bool masks follow the device."""
         params = dict(self.model.named_parameters())
+        for pruner in self.pruners:
+            if pruner.masks is not None:
+                for name, mask in pruner.masks.items():
+                    if mask.device != params[name].device:
+                        pruner.masks[name] = mask.to(params[name].device)
         self._masked = [(n, params[n], m.to(params[n].dtype)) for n, m in self.masks.items()]
-        self._foreach = ([p.data for _, p, _ in self._masked], [m for _, _, m in self._masked])
+        # Parameter objects (not .data) so model.to(device) / .float(), which swap .data, are still covered
+        self._foreach = ([p for _, p, _ in self._masked], [m for _, _, m in self._masked])
+
+    def _check_devices(self) -> None:
+        if any(p.device != m.device or p.dtype != m.dtype for _, p, m in self._masked):
+            self._rebuild_masks()
 
     @torch.no_grad()
     def _mask_weights(self) -> None:
         if self._foreach[0]:
+            self._check_devices()
             torch._foreach_mul_(*self._foreach)
 
     @torch.no_grad()
@@ -183,6 +195,7 @@ class RecipeManager:
 
     def _before_step(self) -> None:
         self._flush()
+        self._check_devices()
         self._mask_grads()
 
     @torch.no_grad()

@@ -258,6 +258,9 @@ def load_recipe(source: str | os.PathLike, recipe_args: dict | str | None = None
     raw = load_yaml(yaml_text, label)
     if raw is None:
         raise UserError(f"{label}:1: recipe is empty; expected variables and at least one '*modifiers' list")
+    if path is None and not isinstance(raw, dict) and "\n" not in text.strip():
+        hint = " (SparseZoo stubs are fetched with sparsepipe zoo first)" if text.startswith("zoo:") else ""
+        raise UserError(f"{text.strip()}: recipe file not found{hint}")
     if not isinstance(raw, dict):
         raise UserError(f"{label}:1: recipe top level is a {_kind(raw)}; expected a mapping of variables "
                         "and '*modifiers' lists")
