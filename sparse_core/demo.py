@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -86,16 +85,31 @@ def main() -> int:
         "experiment": "sparsepipe-demo",
         "register_name": "yolov8n-shapes",
     }
-    result = run_local("sparse_transfer", params, root=HOME / "pipeline")
-    done(t0)
+    result = run_local("sparse_transfer", params, pipeline_root=HOME / "kfp-local")
+    done(t0, f"status {result['status']}")
 
-    stage(4, 4, "where to look")
-    print(json.dumps(result, indent=2, default=str))
+    t0 = stage(4, 4, "compare the registered model with the dense base (onnxruntime, same process)")
+    from sparse_core.bench import benchmark
+    from sparse_core.export import export_model
+    from sparse_core.tracking.registry import pull_model
+
+    dense_dir = HOME / "deploy" / "dense"
+    if not (dense_dir / "model.onnx").exists():
+        export_model(runs / "base" / "weights" / "best.pt", dense_dir, imgsz=IMGSZ)
+    pulled = pull_model("yolov8n-shapes@candidate", HOME / "deploy" / "registered", tracking_uri=mlflow_uri)
+    cmp = benchmark(pulled, compare=dense_dir, seconds=10)
+    done(t0)
+    print(json.dumps({k: v for k, v in result.items() if k != "steps"}, indent=2, default=str))
+    for step in result.get("steps", []):
+        print(f"    step {step.get('step', '?'):<18} {step.get('status', '')}")
+    print(f"""
+    registered model vs dense base: {cmp['speedup']:.2f}x images/s, {cmp['size_ratio_gzip']:.1f}x smaller (gzip),
+    {cmp['images_per_s']:.1f} vs {cmp['compare']['images_per_s']:.1f} img/s, sparsity {cmp['sparsity']:.2f}""")
     print(f"""
     MLflow UI:         .venv/bin/mlflow ui --backend-store-uri {mlflow_uri} --port 5000
                        (experiment 'sparsepipe-demo': a parent run with one child run per step)
     Registered model:  .venv/bin/sparsepipe models pull yolov8n-shapes@candidate --out model/ --tracking-uri {mlflow_uri}
-    Benchmark again:   .venv/bin/sparsepipe benchmark model/ --compare {runs / 'base'}
+    Benchmark again:   .venv/bin/sparsepipe benchmark {HOME / 'deploy' / 'registered'} --compare {dense_dir}
     Zoo:               .venv/bin/sparsepipe zoo list --zoo {zoo}
     Total time: {time.time() - t_start:.0f}s""")
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -322,8 +323,9 @@ def val(weights: str, data: str | None = None, imgsz: int | None = None, batch: 
     validator_cls = SegmentationValidator if task == "segment" else DetectionValidator
     args = {"model": str(path), "data": str(data), "imgsz": int(imgsz), "batch": batch, "plots": plots,
             "task": task, "device": device or ("0" if _cuda() else "cpu"), "verbose": False, "half": False}
-    validator = validator_cls(args=args)
-    results = validator(model=str(path))
+    with tempfile.TemporaryDirectory(prefix="sparsepipe-val-") as tmp:  # Ultralytics' validator wants a save_dir
+        validator = validator_cls(args={**args, "save_dir": tmp})
+        results = validator(model=str(path))
     metrics = {k: float(v) for k, v in results.items() if isinstance(v, (int, float))}
     out = {
         "map50": metrics.get("metrics/mAP50(B)", 0.0),
