@@ -3,6 +3,7 @@
 - ``yolov8_sparse_transfer_quant.yaml``: SparseML's YOLOv8 sparse-transfer recipe, verbatim (seed 000): hold the
   zoo checkpoint's zeros (ConstantPruning) and finish with QAT.
 - ``gmp_prune.yaml``: gradual magnitude pruning of every prunable layer to ``final_sparsity``.
+- ``structured_prune.yaml``: structured GMP (``mask_type: filter``): whole coupled channels, thinned after training.
 """
 
 from pathlib import Path
