@@ -5,7 +5,7 @@ alike: the dense one plainly, the masked one under a RecipeManager holding 80% G
 (``manager.update`` each step + the optimizer pre/post-step mask hooks). Prints median step times and the median of
 the per-pair time ratios (target <= 1.10) and, with --json, one JSON object on the last line.
 
-    .venv/bin/python benchmarks/pruning_overhead.py [--steps 30] [--imgsz 160] [--batch 4] [--json]
+    .venv/bin/python benchmarks/pruning_overhead.py [--steps 30] [--imgsz 160] [--batch 4] [--threads N] [--json]
 """
 
 from __future__ import annotations
@@ -64,8 +64,11 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--imgsz", type=int, default=160)
     ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     dense = DetectionModel("yolov8n.yaml", verbose=False)

@@ -22,7 +22,7 @@ SEED000_ARGS = '{"num_epochs":15,"qat_start_epoch":10,"observer_freeze_epoch":12
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "YOLO_OFFLINE": "1"}
+    env = {**os.environ, "YOLO_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # tiny work: no thread contention
     return subprocess.run([sys.executable, "-m", "sparse_core.cli", "recipe", *args], capture_output=True, text=True,
                           env=env, timeout=300)
 
@@ -158,3 +158,17 @@ def test_safe_eval_allows_arithmetic_only():
             safe_eval(bad, names)
     with pytest.raises(EvalError, match="unknown variable 'c'"):
         safe_eval("a + c", names)
+
+
+def test_check_against_a_checkpoint(tmp_path):
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    from sparse_core.checkpoint import save_atomic
+
+    torch.manual_seed(0)
+    ckpt = save_atomic({"model": DetectionModel("yolov8n.yaml", verbose=False), "epoch": 3}, tmp_path / "last.pt")
+    out = check_json(SEED000, "--model", str(ckpt))  # yolov8m names on a yolov8n: warnings, still exit 0
+    assert out["model"]["prunable"] == 64
+    assert any("scheme_overrides: 'model.12.m.1.cv1.conv' matches nothing" in w for w in out["warnings"])
+    assert not any("model.12.m.0.cv1.conv'" in w for w in out["warnings"])

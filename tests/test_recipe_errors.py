@@ -106,7 +106,7 @@ def test_bad_recipe_exits_2_with_one_line(tmp_path, name, filename, text, extra,
     path = tmp_path / filename
     if text is not None:
         path.write_text(textwrap.dedent(text))
-    env = {**os.environ, "YOLO_OFFLINE": "1"}
+    env = {**os.environ, "YOLO_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # tiny work: no thread contention
     proc = subprocess.run([sys.executable, "-m", "sparse_core.cli", "recipe", "check", str(path), *extra],
                           capture_output=True, text=True, env=env, timeout=120)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]

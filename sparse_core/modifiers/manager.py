@@ -217,11 +217,16 @@ class RecipeManager:
             self._mask_weights()
             return
         params = dict(model.named_parameters())
+        targets, masks = [], []
         for name, _, mask in self._masked:
             target = params.get(name)
             if target is None:
                 raise UserError(f"apply_masks: model has no parameter '{name}' (masks are by name)")
-            target.data.mul_(mask.to(device=target.device, dtype=target.dtype))
+            targets.append(target)
+            masks.append(mask if (mask.device, mask.dtype) == (target.device, target.dtype)
+                         else mask.to(device=target.device, dtype=target.dtype))
+        if targets:
+            torch._foreach_mul_(targets, masks)
 
     def sparsity(self, model: torch.nn.Module | None = None) -> tuple[float, dict[str, float]]:
         """(overall, per-layer) fraction of zeros over the pruned params, or all Conv/Linear weights if none."""
