@@ -9,6 +9,9 @@ export SPARSEPIPE_HOME ?= $(CURDIR)/.sparsepipe
 .PHONY: install test demo bench clean
 
 install: $(STAMP)
+	@# Debian chromium: the MLflow UI compare-page test renders the page headless (~80 s to apt-get once, as root)
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq chromium >/dev/null; } || echo "warning: could not apt-get install chromium"
 
 # scripts/install.sh is the one install recipe (manifests/Dockerfile runs it too): torch pair first, then the project.
 $(STAMP): pyproject.toml scripts/install.sh
