@@ -29,6 +29,12 @@ def _isolated_env(tmp_path, monkeypatch):
     monkeypatch.setenv("SPARSEPIPE_MLFLOW_SPOOL", str(tmp_path / "spool"))
 
 
+@pytest.fixture(scope="module")
+def sqlite_uri(tmp_path_factory):
+    """One sqlite store for the module: creating one runs MLflow's migrations (~5 s)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+
+
 def test_redact_masks_uri_passwords_aws_keys_and_secret_values(monkeypatch):
     secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzzSECRETKEY"
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
@@ -90,8 +96,8 @@ def test_disabled_tracker_is_a_valid_no_op(tmp_path):
     assert not (tmp_path / "spool").exists()
 
 
-def test_sqlite_default_store_logs_params_metrics_artifacts_tags(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_sqlite_default_store_logs_params_metrics_artifacts_tags(tmp_path, monkeypatch, sqlite_uri):
+    uri = sqlite_uri
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # the env var alone turns tracking on
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("modifiers: []\n")
@@ -126,8 +132,8 @@ def test_sqlite_default_store_logs_params_metrics_artifacts_tags(tmp_path, monke
     assert not (tmp_path / "spool" / t.run_id).exists()  # staging copies cleaned up
 
 
-def test_failed_block_marks_run_failed_and_resume_continues(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_failed_block_marks_run_failed_and_resume_continues(sqlite_uri):
+    uri = sqlite_uri
     with pytest.raises(RuntimeError):
         with Tracker.start(uri) as t:
             t.log_metrics({"loss": 1.0}, step=0)
@@ -144,9 +150,9 @@ def test_failed_block_marks_run_failed_and_resume_continues(tmp_path):
         Tracker.start(uri, run_id="0000deadbeef")
 
 
-def test_spool_left_by_a_dead_process_is_sent_on_resume(tmp_path):
+def test_spool_left_by_a_dead_process_is_sent_on_resume(tmp_path, sqlite_uri):
     """A run whose process died with points still spooled gets them when the run is resumed."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_uri
     t = Tracker.start(uri)
     spool = tmp_path / "spool" / f"{t.run_id}.jsonl"
     spool.parent.mkdir(parents=True)

@@ -5,9 +5,14 @@ champion promotion, concurrent writers, a server outage mid-run, an unreachable 
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import logging
 import os
+import re
+import shutil
+import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -296,6 +301,60 @@ def test_no_secret_in_params_tags_artifacts_or_logs(server, s3, tmp_path, monkey
     leaks = [(where, s) for where, text in texts.items() for s in secrets if s in text]
     assert not leaks, leaks
     assert "***" in texts[f"pulled recipe.yaml"]  # redacted, not dropped
+
+
+def _chromium(url: str, screenshot: Path, profile: Path) -> str:
+    """Headless Chromium (Debian ``chromium``; root needs --no-sandbox) renders ``url``, the SPA's JS included,
+    writes ``screenshot`` and returns the rendered DOM. Killed (and the test failed) if it hangs."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert exe, "Debian 'chromium' is not installed: `make install` installs it (apt-get install -y chromium)"
+    proc = subprocess.Popen([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                             f"--user-data-dir={profile}", "--window-size=1600,1400", "--virtual-time-budget=20000",
+                             f"--screenshot={screenshot}", "--dump-dom", url], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=150)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, f"chromium exited {proc.returncode}"
+    return out
+
+
+def _page_lines(dom: str) -> list[str]:
+    dom = re.sub(r"(?s)<(script|style)[^>]*>.*?</\1>", "", dom)
+    return [ln.strip() for ln in html.unescape(re.sub(r"<[^>]+>", "\n", dom)).splitlines() if ln.strip()]
+
+
+def test_mlflow_ui_compare_page_lines_up_sparsity_and_map50(server, tmp_path):
+    """Two runs logged with the standard keys: the UI's compare page (headless Chromium) shows a sparsity row and
+    a map50 row with each run's value; a screenshot of the page is written too."""
+    logged = {"dense": {"map50": 0.61, "sparsity": 0.0, "images_per_s": 50.0},
+              "pruned-80": {"map50": 0.58, "sparsity": 0.8, "images_per_s": 82.0}}
+    run_ids = []
+    for name, metrics in logged.items():
+        with Tracker.start(server.uri, experiment="ui-compare", run_name=name) as t:
+            t.log_params({"final_sparsity": metrics["sparsity"]})
+            t.log_metrics(metrics)
+        run_ids.append(t.run_id)
+    exp_id = MlflowClient(server.uri).get_experiment_by_name("ui-compare").experiment_id
+    url = f"{server.uri}/#/compare-runs?runs={json.dumps(run_ids)}&experiments={json.dumps([exp_id])}"
+    shot = tmp_path / "compare.png"
+    dom = _chromium(url, shot, tmp_path / "profile")
+    lines = _page_lines(dom)
+    assert "Comparing 2 Runs from 1 Experiment" in lines and {"dense", "pruned-80"} <= set(lines)
+    # Metrics section: the metric names (one row each), then each row's values, one per run in column order
+    section = lines[lines.index("Metrics"):lines.index("Artifacts")]
+    names = [ln for ln in section if ln in logged["dense"]]
+    values = section[section.index(names[-1]) + 1:]
+    assert {"sparsity", "map50"} <= set(names)
+    rows = {n: values[2 * i:2 * i + 2] for i, n in enumerate(names)}
+    for key in ("sparsity", "map50"):
+        assert rows[key] == [f"{logged[name][key]:g}" for name in ("dense", "pruned-80")], rows
+    png = shot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (1600, 1400)
+    assert len(png) > 20_000  # a rendered page, not a blank one
 
 
 def test_sqlite_backed_server_round_trip(tmp_path, s3):
