@@ -172,3 +172,13 @@ def test_check_against_a_checkpoint(tmp_path):
     assert out["model"]["prunable"] == 64
     assert any("scheme_overrides: 'model.12.m.1.cv1.conv' matches nothing" in w for w in out["warnings"])
     assert not any("model.12.m.0.cv1.conv'" in w for w in out["warnings"])
+
+
+def test_markdown_recipe_text_without_a_path_loads_the_same():
+    """Checkpoints store the original text; a Markdown recipe must load from it as from the file."""
+    with open(SEED001_MD, encoding="utf-8") as fh:
+        text = fh.read()
+    for raw in (text, text[text.index("---"):]):  # with and without the leading HTML comment
+        recipe = load_recipe(raw)
+        assert recipe.path is None and recipe.modifiers == load_recipe(SEED001_MD).modifiers
+    assert load_recipe("---\n" + open(SEED000).read()).variables["num_epochs"] == 56  # YAML with a '---' start

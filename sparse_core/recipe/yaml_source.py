@@ -117,8 +117,15 @@ def front_matter(text: str, label: str) -> str:
 
 
 def looks_like_markdown(text: str) -> bool:
-    """Raw text (no file suffix to go by) is Markdown when it opens with an HTML comment."""
-    return text.lstrip().startswith("<!--")
+    """Raw text (no file suffix to go by, e.g. a recipe stored in a checkpoint) is Markdown when it opens with an
+    HTML comment, or with a ``---`` line that a later ``---`` / ``...`` line closes (front matter)."""
+    if text.lstrip().startswith("<!--"):
+        return True
+    lines = [ln.strip() for ln in text.splitlines()]
+    first = next((i for i, ln in enumerate(lines) if ln and not ln.startswith("#")), None)
+    if first is None or lines[first] != "---":
+        return False
+    return any(_FENCE.match(ln) for ln in lines[first + 1 :])
 
 
 def load_yaml(text: str, label: str):
