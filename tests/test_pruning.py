@@ -240,7 +240,7 @@ training_modifiers:
     assert opt.param_groups[0]["lr"] == pytest.approx(expected) == opt.param_groups[1]["lr"]
 
 
-def test_errors_selector_quantization_structured():
+def test_errors_selector_quantization_structured(monkeypatch):
     text = GMP.format(type="GMPruningModifier", params="['re:^backbone\\..*']", final=0.5, inter_func="cubic")
     model, opt, mgr = make(text)
     with pytest.raises(UserError, match=r"<recipe>:3: GMPruningModifier: params: selector 're:\^backbone"):
@@ -248,6 +248,8 @@ def test_errors_selector_quantization_structured():
 
     recipe = load_recipe(os.path.join(RECIPES, "seed000_yolov8m_pruned80_quant_transfer.yaml"))
     model = SmallNet()
+    # without a registered handler (sparse_core.quantization registers one on import) the modifier is refused
+    monkeypatch.delitem(manager_mod._HANDLERS, "QuantizationModifier", raising=False)
     with pytest.raises(NotSupportedYet, match=r"seed000_yolov8m_pruned80_quant_transfer.yaml:31: QuantizationModifier"):
         RecipeManager(recipe, model, torch.optim.SGD(model.parameters(), lr=0.1)).initialize(0.0)
 
