@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import resource
+import os
 import statistics
 import subprocess
 import sys
@@ -44,9 +44,12 @@ def run(kind: str, data: Path, root: Path, args, i: int) -> tuple[float, float]:
         recipe = root / "gmp.yaml"
         recipe.write_text(RECIPE.format(epochs=args.epochs))
         cmd += ["--recipe", str(recipe)]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    subprocess.run(cmd, check=True, capture_output=True)
-    peak_mb = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before) / 1024
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"{kind} run failed ({proc.returncode}): {' '.join(cmd)}")
+    peak_mb = usage.ru_maxrss / 1024
     rows = list(csv.DictReader((root / name / "results.csv").open()))
     times = [float(r["time"]) for r in rows]  # cumulative seconds at each epoch end
     epoch_times = [b - a for a, b in zip([0.0] + times[:-1], times)][1:]  # drop the first (warm-up) epoch
