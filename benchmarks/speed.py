@@ -1,0 +1,373 @@
+"""`make bench`: dense, pruned, structured-pruned and pruned-quantized YOLOv8n, from nothing, on one CPU.
+
+1. generate a detection data set (``synth_dataset``: coloured shapes, ``--imgsz`` px);
+2. train a dense YOLOv8n from ``yolov8n.yaml`` (random init, nothing downloaded);
+3. from the dense ``best.pt``: unstructured GMP (``recipes/gmp_prune.yaml``), structured GMP
+   (``recipes/structured_prune.yaml``: whole channels, thinned after training), and from the structured model
+   INT8 QAT (``QuantizationModifier``) — the pruned-quantized (PQ) variant;
+4. export each to ONNX (``sparse_core.export``), measure mAP50 of each .onnx with onnxruntime (Ultralytics'
+   validator), and time all four in ONE process, batch 1, same threads, interleaved round-robin (order reversed
+   every round) so machine noise hits all alike; profile the PQ and dense graphs with onnxruntime's profiler;
+5. write ``benchmarks/results/speed.md`` (table + machine + profile), ``speed.png`` (mAP50 vs img/s, marker
+   area ~ MB) and ``speed.json`` (every number).
+
+Stages already done in ``--work`` are reused with ``--reuse`` (for iterating on the report).
+
+    .venv/bin/python benchmarks/speed.py [--imgsz 160] [--threads 2] [--seconds 60] [--reuse]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+VARIANTS = ("dense", "pruned", "structured", "pq")
+LABELS = {
+    "dense": "dense FP32",
+    "pruned": "pruned (unstructured GMP) FP32",
+    "structured": "structured-pruned (thinned) FP32",
+    "pq": "pruned-quantized (structured + INT8 QAT)",
+}
+QAT_RECIPE = """# INT8 QAT of the thinned structured model: observers frozen for the last epoch, BN statistics too.
+# (QAT starts at 0.1: with start_epoch 0 the EMA keeps 1-element fake-quant scales and its update fails.)
+version: 1.1.0
+num_epochs: {epochs}
+training_modifiers:
+  - !EpochRangeModifier
+    start_epoch: 0
+    end_epoch: eval(num_epochs)
+  - !LearningRateFunctionModifier
+    start_epoch: 0
+    end_epoch: eval(num_epochs)
+    lr_func: cosine
+    init_lr: {lr}
+    final_lr: {final_lr}
+quantization_modifiers:
+  - !QuantizationModifier
+    start_epoch: 0.1
+    disable_quantization_observer_epoch: {freeze}
+    freeze_bn_stats_epoch: {freeze}
+    ignore: ['Upsample', 'Concat', 'model.22.dfl.conv']
+"""
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data if isinstance(data, bytes) else data.encode())
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------------- training
+
+
+def train_stage(name: str, args, work: Path, data: Path, **kw) -> tuple[Path, float]:
+    """Train one variant (or reuse it); returns (best.pt, seconds)."""
+    from sparse_core.integrations.ultralytics import train
+
+    best = work / "runs" / name / "weights" / "best.pt"
+    if args.reuse and best.exists():
+        log(f"{name}: reusing {best}")
+        return best, 0.0
+    log(f"{name}: training ({kw.get('epochs') or 'recipe'} epochs)")
+    t0 = time.time()
+    summary = train(data=str(data), imgsz=args.imgsz, batch=args.batch, workers=args.workers,
+                    project=work / "runs", name=name, plots=False, seed=0, **kw)
+    seconds = time.time() - t0
+    log(f"{name}: done in {seconds:.0f} s, mAP50 (PyTorch, val) {summary['map50']:.4f}")
+    return Path(summary["weights"]["best"]), seconds
+
+
+def build_variants(args, work: Path) -> tuple[dict[str, Path], dict[str, float], Path]:
+    from sparse_core.data.synth import synth_dataset
+    from sparse_core.recipes import path as recipe_path
+
+    data = work / "data" / "data.yaml"
+    if not (args.reuse and data.exists()):
+        log(f"data: {args.n_train} train / {args.n_val} val images, {args.imgsz} px, {args.classes} classes")
+        data = synth_dataset(work / "data", task="detect", n_train=args.n_train, n_val=args.n_val, imgsz=args.imgsz,
+                             seed=0, n_classes=args.classes)
+    ckpts, seconds = {}, {}
+    ckpts["dense"], seconds["dense"] = train_stage("dense", args, work, data, model="yolov8n.yaml",
+                                                   epochs=args.dense_epochs)
+    e = args.prune_epochs
+    ckpts["pruned"], seconds["pruned"] = train_stage(
+        "pruned", args, work, data, model=str(ckpts["dense"]), recipe=str(recipe_path("gmp_prune.yaml")),
+        recipe_args={"num_epochs": e, "pruning_end_epoch": round(e * 0.6), "init_sparsity": 0.05,
+                     "final_sparsity": args.sparsity})
+    ckpts["structured"], seconds["structured"] = train_stage(
+        "structured", args, work, data, model=str(ckpts["dense"]), recipe=str(recipe_path("structured_prune.yaml")),
+        recipe_args={"num_epochs": e, "pruning_end_epoch": round(e * 0.6),
+                     "final_sparsity": args.channel_sparsity})
+    qat = work / "qat.yaml"
+    q = max(args.qat_epochs, 2)  # observers must see at least one epoch before they freeze
+    write_atomic(qat, QAT_RECIPE.format(epochs=q, lr=args.qat_lr, final_lr=args.qat_lr / 100, freeze=q - 1))
+    ckpts["pq"], seconds["pq"] = train_stage("pq", args, work, data, model=str(ckpts["structured"]), recipe=str(qat))
+    return ckpts, seconds, data
+
+
+# ---------------------------------------------------------------------------------------------------- measuring
+
+
+def session(path: Path, threads: int, profile_prefix: str | None = None):
+    """onnxruntime CPU session the way ``sparsepipe benchmark`` makes it (sequential, all graph optimisations)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def interleaved(paths: dict[str, Path], imgsz: int, threads: int, seconds: float, warmup: int) -> dict[str, dict]:
+    """All models in one process on the same input; each round runs every model once, order reversed each round."""
+    x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
+    runs = {}
+    for name, p in paths.items():
+        sess = session(p, threads)
+        feed = {sess.get_inputs()[0].name: x}
+        runs[name] = (sess, feed)
+    for _ in range(warmup):
+        for sess, feed in runs.values():
+            sess.run(None, feed)
+    lat: dict[str, list[float]] = {n: [] for n in runs}
+    order, start, rounds = list(runs), time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        for name in order if rounds % 2 == 0 else order[::-1]:
+            sess, feed = runs[name]
+            t0 = time.perf_counter()
+            sess.run(None, feed)
+            lat[name].append(time.perf_counter() - t0)
+        rounds += 1
+    out = {}
+    for name, values in lat.items():
+        ms = np.asarray(values) * 1e3
+        out[name] = {"images_per_s": round(1e3 / float(ms.mean()), 2), "latency_ms_mean": round(float(ms.mean()), 3),
+                     "latency_ms_p50": round(float(np.percentile(ms, 50)), 3),
+                     "latency_ms_p90": round(float(np.percentile(ms, 90)), 3), "iterations": len(values)}
+    return out
+
+
+def profile_ops(path: Path, imgsz: int, threads: int, work: Path, iterations: int = 100) -> dict:
+    """Where the time goes: onnxruntime's per-node kernel times, summed by op type (share of all kernel time)."""
+    x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
+    sess = session(path, threads, profile_prefix=str(work / f"ort_profile_{path.parent.name}"))
+    feed = {sess.get_inputs()[0].name: x}
+    for _ in range(10 + iterations):
+        sess.run(None, feed)
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    by_op: dict[str, float] = collections.defaultdict(float)
+    nodes: dict[str, int] = collections.Counter()
+    for ev in events:
+        if ev.get("cat") == "Node" and str(ev.get("name", "")).endswith("_kernel_time"):
+            op = ev.get("args", {}).get("op_name", "?")
+            by_op[op] += ev["dur"]
+            nodes[op] += 1
+    runs = 10 + iterations
+    total = sum(by_op.values())
+    top = sorted(by_op.items(), key=lambda kv: -kv[1])
+    return {
+        "kernel_ms_per_image": round(total / 1e3 / runs, 3),
+        "ops": [{"op": op, "share": round(us / total, 4), "ms_per_image": round(us / 1e3 / runs, 4),
+                 "nodes": nodes[op] // runs} for op, us in top],
+    }
+
+
+def measure(args, work: Path, ckpts: dict[str, Path], data: Path) -> dict:
+    from sparse_core.bench.cpu import cpu_info
+    from sparse_core.checkpoint import checkpoint_model, load_checkpoint
+    from sparse_core.export import export_model, graph
+    from sparse_core.onnx_val import val_onnx
+    from sparse_core.structured import conv_macs
+
+    rows: dict[str, dict] = {}
+    for name, ckpt in ckpts.items():
+        out = work / "deploy" / name
+        info = export_model(ckpt, out, imgsz=args.imgsz)
+        model = checkpoint_model(load_checkpoint(ckpt))
+        metrics = val_onnx(out, data)
+        sizes = graph.file_sizes(out / "model.onnx")
+        rows[name] = {
+            "onnx": str(out / "model.onnx"), "map50": metrics["map50"], "map50_95": metrics["map50_95"],
+            "size_mb": sizes["size_bytes"] / 1e6, "size_gzip_mb": sizes["size_gzip_bytes"] / 1e6,
+            "conv_params": info["conv_params"], "sparsity": info["sparsity"], "quantized": info["quantized"],
+            "gmacs": conv_macs(model.float(), args.imgsz) / 1e9 if not info["quantized"] else None,
+            "integer_convs": info["ort_optimized"]["integer_convs"], "float_convs": info["ort_optimized"]["float_convs"],
+            "export_parity": info["parity_max_abs_diff"],
+        }
+        log(f"{name}: mAP50 {metrics['map50']:.4f} (onnx), {rows[name]['size_mb']:.2f} MB, "
+            f"{rows[name]['size_gzip_mb']:.2f} MB gzip")
+    if rows["pq"]["gmacs"] is None:
+        rows["pq"]["gmacs"] = rows["structured"]["gmacs"]  # same convs, INT8
+    log(f"timing {len(rows)} models interleaved for {args.seconds:.0f} s ({args.threads} threads, batch 1)")
+    speed = interleaved({n: Path(r["onnx"]) for n, r in rows.items()}, args.imgsz, args.threads, args.seconds,
+                        args.warmup)
+    dense = rows["dense"]
+    for name, r in rows.items():
+        r.update(speed[name])
+        r["speedup"] = round(r["images_per_s"] / speed["dense"]["images_per_s"], 3)
+        r["map50_retained"] = round(r["map50"] / dense["map50"], 4) if dense["map50"] else 0.0
+        r["gzip_ratio"] = round(dense["size_gzip_mb"] / r["size_gzip_mb"], 2)
+    profiles = {n: profile_ops(Path(rows[n]["onnx"]), args.imgsz, args.threads, work) for n in ("dense", "pq")}
+    import onnxruntime
+    import torch
+    import ultralytics
+
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu": cpu_info(), "threads": args.threads, "imgsz": args.imgsz, "batch": 1, "seconds": args.seconds,
+        "versions": {"onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
+                     "ultralytics": ultralytics.__version__, "python": platform.python_version()},
+        "settings": {k: getattr(args, k) for k in ("n_train", "n_val", "classes", "dense_epochs", "prune_epochs",
+                                                   "qat_epochs", "sparsity", "channel_sparsity", "qat_lr")},
+        "rows": rows, "profiles": profiles,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- report
+
+
+def markdown(res: dict, train_s: dict[str, float], total_s: float) -> str:
+    cpu = res["cpu"]
+    flags = ", ".join(k for k, v in cpu["flags"].items() if v) or "none"
+    s = res["settings"]
+    lines = [
+        "# Speed: dense vs pruned vs structured vs pruned-quantized YOLOv8n (onnxruntime, CPU)",
+        "",
+        f"Measured {res['date']} by `make bench` (`benchmarks/speed.py`), total {total_s / 60:.1f} min.",
+        f"CPU: {cpu['model']} ({cpu['isa']}; flags: {flags}); {cpu['available_cpus']} CPUs available, "
+        f"**{res['threads']} threads**, batch 1, {res['imgsz']}x{res['imgsz']} px, onnxruntime "
+        f"{res['versions']['onnxruntime']}, torch {res['versions']['torch']}, ultralytics {res['versions']['ultralytics']}.",
+        f"Data: generated shapes ({s['classes']} classes, {s['n_train']} train / {s['n_val']} val images). Dense: "
+        f"{s['dense_epochs']} epochs from `yolov8n.yaml`; pruned: {s['prune_epochs']} epochs GMP to "
+        f"{s['sparsity']:.0%} unstructured zeros; structured: {s['prune_epochs']} epochs, {s['channel_sparsity']:.0%} "
+        f"of channels per coupled group, then thinned; PQ: structured + {s['qat_epochs']} epochs INT8 QAT.",
+        f"All four timed in one process, interleaved for {res['seconds']:.0f} s; mAP50 measured on the exported "
+        ".onnx files with onnxruntime (Ultralytics' validator, val split).",
+        "",
+        "| variant | mAP50 | mAP50 retained | img/s | speedup vs dense | p50 ms | conv GMACs | MB raw | MB gzip "
+        "| gzip ratio vs dense | conv weight zeros |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in VARIANTS:
+        r = res["rows"][name]
+        lines.append(
+            f"| {LABELS[name]} | {r['map50']:.4f} | {r['map50_retained']:.1%} | {r['images_per_s']:.1f} | "
+            f"{r['speedup']:.2f}x | {r['latency_ms_p50']:.2f} | {r['gmacs']:.3f} | {r['size_mb']:.2f} | "
+            f"{r['size_gzip_mb']:.2f} | {r['gzip_ratio']:.1f}x | {r['sparsity']:.0%} |")
+    pq = res["rows"]["pq"]
+    targets = [("PQ speedup vs dense (target >= 4x)", pq["speedup"] >= 4, f"{pq['speedup']:.2f}x"),
+               ("dense/PQ gzip size (target >= 15x)", pq["gzip_ratio"] >= 15, f"{pq['gzip_ratio']:.1f}x"),
+               ("PQ mAP50 retained (target >= 97%)", pq["map50_retained"] >= 0.97, f"{pq['map50_retained']:.1%}")]
+    lines += ["", "Issue 6 targets, this run:", ""]
+    lines += [f"- {what}: **{value}** — {'met' if ok else 'NOT met'}" for what, ok, value in targets]
+    lines += ["", f"PQ graph after onnxruntime's optimisations: {pq['integer_convs']} integer convs (QLinearConv), "
+              f"{pq['float_convs']} float convs.", ""]
+    for name in ("pq", "dense"):
+        prof = res["profiles"][name]
+        lines += [f"## Where the time goes: {LABELS[name]} (onnxruntime profiler, {prof['kernel_ms_per_image']:.2f} ms "
+                  "of kernel time per image)", "", "| op type | share | ms / image | nodes |", "|---|---:|---:|---:|"]
+        for op in prof["ops"][:10]:
+            lines.append(f"| {op['op']} | {op['share']:.1%} | {op['ms_per_image']:.3f} | {op['nodes']} |")
+        lines.append("")
+    lines += ["Training wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in train_s.items()) + ".", ""]
+    return "\n".join(lines)
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    rows = res["rows"]
+    biggest = max(r["size_mb"] for r in rows.values())
+    colours = {"dense": "tab:gray", "pruned": "tab:blue", "structured": "tab:green", "pq": "tab:red"}
+    for name in VARIANTS:
+        r = rows[name]
+        ax.scatter(r["images_per_s"], r["map50"], s=60 + 1500 * r["size_mb"] / biggest, alpha=0.6,
+                   color=colours[name], edgecolors="black", label=f"{LABELS[name]} ({r['size_mb']:.1f} MB)")
+        ax.annotate(f"{r['speedup']:.1f}x", (r["images_per_s"], r["map50"]), textcoords="offset points",
+                    xytext=(8, -14))
+    ax.set_xlabel(f"images/s (onnxruntime, {res['threads']} threads, batch 1, {res['imgsz']} px)")
+    ax.set_ylabel("mAP50 (val, .onnx)")
+    ax.set_title(f"YOLOv8n variants on {res['cpu']['model']} ({res['cpu']['isa']})", fontsize=9)
+    ax.grid(alpha=0.3)
+    lo = min(r["map50"] for r in rows.values())
+    ax.set_ylim(max(0.0, lo - 0.1), 1.02)
+    ax.set_xlim(0, max(r["images_per_s"] for r in rows.values()) * 1.25)
+    ax.legend(fontsize=7, loc="lower right", markerscale=0.4)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench", help="scratch folder (models, data)")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--imgsz", type=int, default=160)
+    ap.add_argument("--n-train", type=int, default=320)
+    ap.add_argument("--n-val", type=int, default=80)
+    ap.add_argument("--classes", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--dense-epochs", type=int, default=30)
+    ap.add_argument("--prune-epochs", type=int, default=10)
+    ap.add_argument("--qat-epochs", type=int, default=3)
+    ap.add_argument("--qat-lr", type=float, default=1e-3)
+    ap.add_argument("--sparsity", type=float, default=0.8, help="unstructured GMP final sparsity")
+    ap.add_argument("--channel-sparsity", type=float, default=0.6, help="structured: channels removed per group")
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--seconds", type=float, default=60.0, help="interleaved timing, all models together")
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--reuse", action="store_true", help="reuse data/models already in --work")
+    args = ap.parse_args()
+
+    t0 = time.time()
+    work = args.work.resolve()
+    if not args.reuse and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    ckpts, train_s, data = build_variants(args, work)
+    res = measure(args, work, ckpts, data)
+    res["train_seconds"] = train_s
+    res["total_seconds"] = round(time.time() - t0, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_atomic(args.out / "speed.json", json.dumps(res, indent=2) + "\n")
+    write_atomic(args.out / "speed.md", markdown(res, train_s, res["total_seconds"]))
+    plot(res, args.out / "speed.png")
+    log(f"wrote {args.out / 'speed.md'} in {res['total_seconds'] / 60:.1f} min")
+    print((args.out / "speed.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
