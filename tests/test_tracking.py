@@ -11,11 +11,14 @@ import sys
 import textwrap
 from pathlib import Path
 
+import onnx
 import pytest
 from mlflow import MlflowClient
+from onnx import TensorProto, helper
 
 from sparse_core.errors import UserError
 from sparse_core.tracking import METRIC_KEYS, Tracker, lineage_tags, redact
+from sparse_core.tracking.registry import list_models
 from sparse_core.tracking.tracker import flatten, metric_key
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,6 +133,37 @@ def test_sqlite_default_store_logs_params_metrics_artifacts_tags(tmp_path, monke
     got = Path(client.download_artifacts(t.run_id, "export/deploy/model.onnx", str(tmp_path / "dl")))
     assert got.read_bytes() == (tmp_path / "deploy" / "model.onnx").read_bytes()  # binaries are not touched
     assert not (tmp_path / "spool" / t.run_id).exists()  # staging copies cleaned up
+    with Tracker.start(uri, experiment="unit", run_name="step", parent_run_id=t.run_id) as child:
+        child.log_metrics({"images_per_s": 12.5})
+    assert client.get_run(child.run_id).data.tags["mlflow.parentRunId"] == t.run_id
+
+
+def test_sqlite_default_store_register_and_cli_pull(tmp_path, sqlite_uri):
+    """The README demo path: no server, `models register/pull/list` on the sqlite file store."""
+    deploy = tmp_path / "deploy"
+    deploy.mkdir()
+    graph = helper.make_graph([helper.make_node("Relu", ["images"], ["out"])], "relu",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 8, 8])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(deploy / "model.onnx"))
+    (deploy / "recipe.yaml").write_text("modifiers: []\n")
+    (deploy / "model.pt").write_bytes(os.urandom(64))
+    with Tracker.start(sqlite_uri, run_name="demo") as t:
+        t.log_metrics({"map50": 0.3, "sparsity": 0.5})
+    env = {**os.environ, "MLFLOW_TRACKING_URI": sqlite_uri}
+    cli = [sys.executable, "-m", "sparse_core.cli", "models"]
+    reg = subprocess.run([*cli, "register", str(deploy), "--name", "demo", "--run-id", t.run_id, "--alias",
+                          "candidate", "--json"], capture_output=True, text=True, env=env, timeout=120)
+    assert reg.returncode == 0, reg.stderr[-2000:]
+    version = json.loads(reg.stdout.strip().splitlines()[-1])["version"]
+    out = tmp_path / "pulled"
+    pull = subprocess.run([*cli, "pull", "demo@candidate", "--out", str(out)], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert pull.returncode == 0, pull.stderr[-2000:]
+    for f in ("model.onnx", "model.pt", "recipe.yaml"):
+        assert (out / f).read_bytes() == (deploy / f).read_bytes()
+    assert json.loads((out / "registry.json").read_text())["version"] == version
+    assert list_models(tracking_uri=sqlite_uri)[-1]["aliases"] == ["candidate"]
 
 
 def test_failed_block_marks_run_failed_and_resume_continues(sqlite_uri):

@@ -1,6 +1,7 @@
 """Tracking and registry against a real ``mlflow server``: PostgreSQL backend store, artifacts proxied to a real
-S3 server (SeaweedFS); plus one server on the sqlite store. Covers round trips, register -> ``models pull``,
-champion promotion, concurrent writers, a server outage mid-run, an unreachable server, and a secret scan."""
+S3 server (SeaweedFS). Covers round trips, register -> ``models pull``, champion promotion, concurrent writers,
+the UI compare page in headless Chromium, a secret scan, an unreachable server, and a server outage mid-run.
+The sqlite default store (no server) is covered in test_tracking.py."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import pytest
 from mlflow import MlflowClient
 from onnx import TensorProto, helper, numpy_helper
 
-from mlflow_server import S3_KEY_ID, S3_SECRET, MlflowServer, start_mlflow
+from mlflow_server import S3_KEY_ID, S3_SECRET, MlflowServer
 from servers import free_ports, start_seaweedfs
 from sparse_core.errors import UserError
 from sparse_core.tracking import Tracker, lineage_tags
@@ -355,28 +356,6 @@ def test_mlflow_ui_compare_page_lines_up_sparsity_and_map50(server, tmp_path):
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (1600, 1400)
     assert len(png) > 20_000  # a rendered page, not a blank one
-
-
-def test_sqlite_backed_server_round_trip(tmp_path, s3):
-    """The same flow against a server on the zero-setup sqlite store (artifacts still proxied to S3)."""
-    uri, stop = start_mlflow(tmp_path / "srv", backend="sqlite", s3_endpoint=s3)
-    try:
-        deploy = make_deploy_dir(tmp_path / "deploy", seed=3)
-        with Tracker.start(uri, run_name="sqlite-server") as t:
-            t.log_params({"imgsz": 16})
-            for step in range(3):
-                t.log_metrics({"map50": 0.1 * step}, step=step)
-            t.log_artifact(deploy / "recipe.yaml")
-        res = register_model(deploy, "sqlite-model", run_id=t.run_id, alias="candidate", tracking_uri=uri)
-        out = pull_model("sqlite-model@candidate", tmp_path / "pulled", tracking_uri=uri)
-        assert _sha(out / "model.onnx") == _sha(deploy / "model.onnx")
-        client = MlflowClient(uri)
-        assert len(client.get_metric_history(t.run_id, "map50")) == 3
-        assert [a.path for a in client.list_artifacts(t.run_id)] == ["model", "recipe.yaml"] or \
-            "recipe.yaml" in {a.path for a in client.list_artifacts(t.run_id)}
-        assert res["run_id"] == t.run_id
-    finally:
-        stop()
 
 
 def test_server_down_20s_mid_run_buffered_metrics_arrive(server, tmp_path, caplog):

@@ -33,7 +33,8 @@ log = logging.getLogger("sparsepipe.tracking")
 
 FLUSH_TIMEOUT_ENV = "SPARSEPIPE_MLFLOW_FLUSH_TIMEOUT"  # seconds finish() waits for a down server (default 120)
 SPOOL_ENV = "SPARSEPIPE_MLFLOW_SPOOL"
-RETRY_INTERVAL = 3.0  # seconds between send attempts while the server is down
+RETRY_INTERVAL = 3.0  # seconds before the first re-send while the server is down; doubles up to MAX_RETRY_INTERVAL
+MAX_RETRY_INTERVAL = 60.0  # a hung (not refusing) server costs one request timeout per attempt: keep attempts rare
 MAX_KEY = 250  # MLflow limits (mlflow.utils.validation)
 MAX_PARAM_VALUE = 6000
 MAX_TAG_VALUE = 8000
@@ -103,6 +104,7 @@ class Tracker:
         self._metrics: list = []  # mlflow.entities.Metric
         self._artifacts: list[tuple[str, str | None]] = []  # (staged local path, artifact_path)
         self._retry_at = 0.0
+        self._failures = 0  # consecutive failed sends
         self._down = False
         self._finished = False
 
@@ -281,7 +283,7 @@ class Tracker:
         from mlflow.entities import Param, RunTag
 
         try:
-            with http_limits(retries=0, timeout=15):
+            with http_limits(retries=0, timeout=10):
                 while self._params:
                     chunk = dict(list(self._params.items())[:100])
                     self._batch(params=[Param(k, v) for k, v in chunk.items()])
@@ -296,7 +298,7 @@ class Tracker:
                     chunk = self._metrics[:1000]
                     self._batch(metrics=chunk)
                     del self._metrics[:len(chunk)]
-            with http_limits(retries=0, timeout=300):
+            with http_limits(retries=0, timeout=120):
                 while self._artifacts:
                     staged, artifact_path = self._artifacts[0]
                     p = Path(staged)
@@ -307,7 +309,8 @@ class Tracker:
                     self._artifacts.pop(0)
                     shutil.rmtree(p.parent, ignore_errors=True)
         except Exception as err:  # noqa: BLE001 - the server being down must not stop training
-            self._retry_at = time.monotonic() + RETRY_INTERVAL
+            self._failures += 1
+            self._retry_at = time.monotonic() + min(MAX_RETRY_INTERVAL, RETRY_INTERVAL * 2 ** (self._failures - 1))
             if not self._down:
                 log.warning("MLflow server %s not answering (%s); buffering %d items in %s and retrying",
                             redact(self.uri or ""), redact(str(err)).splitlines()[0][:160], self.pending(),
@@ -318,6 +321,7 @@ class Tracker:
         if self._down:
             log.warning("MLflow server %s is back; buffered items sent", redact(self.uri or ""))
             self._down = False
+        self._failures = 0
         self._spool_file().unlink(missing_ok=True)
         return True
 
