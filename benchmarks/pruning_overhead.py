@@ -64,7 +64,8 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--imgsz", type=int, default=160)
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    # 1 by default: on a shared, loaded machine two spinning OpenMP threads per model make step times swing 10x
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.threads:
