@@ -46,7 +46,7 @@ def data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pruned(data, tmp_path_factory) -> tuple[Path, dict[str, int]]:
+def pruned(data, tmp_path_factory) -> tuple[Path, dict[str, int], int]:
     root = tmp_path_factory.mktemp("base")
     dense = train(model="yolov8n.yaml", data=str(data), epochs=30, imgsz=IMGSZ, batch=8, workers=0, project=root,
                   name="dense", plots=False, extra_args={"mosaic": 0.0, "val": False})
@@ -59,7 +59,9 @@ def pruned(data, tmp_path_factory) -> tuple[Path, dict[str, int]]:
     ckpt["ema"], ckpt["model"] = model.half(), None
     path = root / "pruned.pt"
     torch.save(ckpt, path)
-    return path, conv_zeros(model)
+    from sparse_core.export.export import conv_zero_count
+
+    return path, conv_zeros(model), conv_zero_count(model)[0]  # the last one counts the DFL's fixed weights too
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +88,12 @@ def test_qat_checkpoint_state(qat):
 
 
 def test_pruned_zeros_survive_qat_exactly(pruned, qat):
-    _, before = pruned
+    _, before, total = pruned
     for kind in ("last", "best"):
         after = conv_zeros(checkpoint_model(load_checkpoint(qat["summary"]["weights"][kind])))
         assert after == before, kind
     info = qat["info"]
-    assert info["zeros_pytorch"] == sum(before.values())
+    assert info["zeros_pytorch"] == total
     assert info["zeros"] >= info["zeros_pytorch"]  # INT8 rounding may add zeros, never lose one
 
 
@@ -137,9 +139,8 @@ def test_qdq_graph_follows_the_recipe(qat):
             scale = numpy_helper.to_array(inits[x.input[1]])
             assert scale.size == 1, name  # activations per-tensor
             assert numpy_helper.to_array(inits[x.input[2]]).dtype == np.uint8, name  # asymmetric uint8
-        # never two Q/DQ pairs in a row: where the recipe says input_activations: null, the producer's own output
-        # quantization is the only one
-        if x is not None and x.op_type == "DequantizeLinear":
+        elif x is not None and x.op_type == "DequantizeLinear":
+            # input_activations: null — the producer's own output quantization is the only Q/DQ pair here
             q = src(x.input[0])
             assert src(q.input[0]) is None or src(q.input[0]).op_type != "DequantizeLinear", name
     assert checked == 63  # every conv but the DFL's
@@ -161,3 +162,11 @@ def test_qdq_onnx_map_matches_fake_quant_pytorch(qat, data):
     ox = val(str(qat["deploy"]), data=str(data), imgsz=IMGSZ)
     assert pt["map50"] > 0.2, pt  # a learnt model, so the comparison means something
     assert abs(pt["map50"] - ox["map50"]) <= 0.01, (pt["map50"], ox["map50"])
+
+
+def test_new_training_from_a_quantized_checkpoint_is_refused(qat, data, tmp_path):
+    from sparse_core.errors import UserError
+
+    with pytest.raises(UserError, match="quantized \\(QAT\\) checkpoint.*--resume"):
+        train(model=qat["summary"]["weights"]["last"], data=str(data), epochs=1, imgsz=IMGSZ, project=tmp_path,
+              plots=False)

@@ -77,8 +77,7 @@ def test_seed000_overrides_ignore_and_default_scheme(v8_seed000):
     # yolov8n has fewer C2f repeats than the yolov8m the recipe was written for: reported, not fatal
     assert report.unmatched == {"scheme_overrides": [f"model.{i}.m.1.{s}" for i in (12, 15, 18, 21)
                                                      for s in ("cv1.conv", "cv2.act")]}
-    counts = report.counts()
-    assert counts["fused_conv_bn"] == 57 and counts["output_quant"] == 22
+    assert report.counts() == {"fused_conv_bn": 57, "input_quant": 124, "weight_quant": 63, "output_quant": 22}
 
 
 def test_prepare_keeps_parameters_and_names(v8_seed000):

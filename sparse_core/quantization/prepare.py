@@ -24,13 +24,12 @@ class Report:
 
     fused: int = 0
     schemes: dict[str, ModuleScheme] = field(default_factory=dict)
+    inserted: dict[str, int] = field(default_factory=dict)
     unmatched: dict[str, list[str]] = field(default_factory=dict)
     generation: str = "scheme"
 
     def counts(self) -> dict[str, int]:
-        s = self.schemes.values()
-        return {"fused_conv_bn": self.fused, "input_quant": sum(1 for x in s if x.input),
-                "weight_quant": sum(1 for x in s if x.weights), "output_quant": sum(1 for x in s if x.output)}
+        return {"fused_conv_bn": self.fused, **self.inserted}
 
 
 def _ultralytics_blocks():
@@ -71,20 +70,27 @@ def restructure(model: nn.Module, scope: list[str] | None = None) -> int:
     return fused
 
 
-def _apply(model: nn.Module, schemes: dict[str, ModuleScheme]) -> None:
+def _apply(model: nn.Module, schemes: dict[str, ModuleScheme]) -> dict[str, int]:
+    """Insert the fake quantization; returns how many input / weight / output fake-quant modules were added."""
+    n = {"input_quant": 0, "weight_quant": 0, "output_quant": 0}
     for name, scheme in schemes.items():
         module = model.get_submodule(name)
         if scheme.weights is not None:
             if isinstance(module, qm.ConvBn2d):
                 module.set_weight_quant(scheme.weights)
+                n["weight_quant"] += 1
             elif type(module) in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear):
                 parent_name, _, attr = name.rpartition(".")
                 module = qm.qat_conv(module, scheme.weights)
                 setattr(model.get_submodule(parent_name) if parent_name else model, attr, module)
+                n["weight_quant"] += 1
         if scheme.input is not None:
             qm.add_input_quant(module, scheme.input)
+            n["input_quant"] += 1
         if scheme.output is not None:
             qm.add_output_quant(module, scheme.output)
+            n["output_quant"] += 1
+    return n
 
 
 def prepare(model: nn.Module, mod: QuantizationModifier, where: str) -> Report:
@@ -92,8 +98,8 @@ def prepare(model: nn.Module, mod: QuantizationModifier, where: str) -> Report:
     scope = list(mod.submodules) if mod.submodules else None
     fused = restructure(model, scope)
     res: Resolution = resolve(model, mod, where)
-    _apply(model, res.schemes)
-    return Report(fused, res.schemes, res.unmatched, res.generation)
+    inserted = _apply(model, res.schemes)
+    return Report(fused, res.schemes, inserted, res.unmatched, res.generation)
 
 
 def check_same_parameters(before: list[torch.nn.Parameter], model: nn.Module) -> None:
