@@ -138,6 +138,11 @@ def train(
     _check_data(data)
     base = model
     model, ckpt = _resolve_model(model, zoo)
+    if ckpt is not None and sparsepipe_meta(ckpt).get("quantized"):
+        # Ultralytics rebuilds the float model from its yaml and copies matching weights: BN (moved into the QAT
+        # ConvBn2d) and the quantization grid would be silently lost
+        raise UserError(f"--model {model}: is a quantized (QAT) checkpoint; start new training from the float "
+                        "checkpoint before QAT, or continue this run with --resume")
     task = _model_task(model, ckpt)
     rec = _load_recipe(recipe, recipe_args, zoo)
     recipe_epochs = rec.num_epochs() if rec is not None else None
