@@ -58,9 +58,8 @@ def build(k8s=None):
         with dsl.ExitHandler(closer, name="sparsify-from-scratch-steps"):
             opened = configure(open_run(
                 pipeline=NAME, pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, parent_run_id=parent_run_id,
-                params={"model": model, "data": data, "recipe": recipe, "recipe_args": recipe_args,
-                        "teacher": teacher, "zoo": zoo, "data_format": data_format, "task": task, "epochs": epochs,
-                        "imgsz": imgsz, "batch": batch, "seed": seed, "register_name": register_name},
+                model=model, data=data, recipe=recipe, recipe_args=recipe_args, epochs=epochs, imgsz=imgsz,
+                batch=batch, register_name=register_name,
                 **track), "open_run", k8s)
             run = {"parent_run_id": opened.output, **track}
             cached = {"cache_dir": cache_dir, **run}

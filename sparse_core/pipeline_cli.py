@@ -222,6 +222,8 @@ def run_local(name: str, params: dict, pipeline_root: str | os.PathLike | None =
 
     # the runner warns for every task that our image name has no 'python' in it: true, and irrelevant here
     warnings.filterwarnings("ignore", message="You may be attemping to run a task", category=RuntimeWarning)
+    # and that Kubernetes-only settings (display names) do nothing locally
+    warnings.filterwarnings("ignore", message=".*have no effect in the current local runner")
     try:
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
         func(**params)

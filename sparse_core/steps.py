@@ -182,9 +182,13 @@ def open_parent_run(mlflow_uri: str = "", experiment: str = "sparsepipe", pipeli
     tags = {TAG_KIND: "pipeline", TAG_PIPELINE: pipeline}
     if pipeline_run_id:
         tags[keys.TAG_PIPELINE_RUN_ID] = pipeline_run_id
-    tracker = Tracker.start(mlflow_uri or None, experiment=experiment or "sparsepipe",
-                            run_name=None if parent_run_id else f"{pipeline}-{pipeline_run_id[:8]}",
-                            run_id=parent_run_id or None, tags=tags)
+    try:
+        tracker = Tracker.start(mlflow_uri or None, experiment=experiment or "sparsepipe",
+                                run_name=None if parent_run_id else f"{pipeline}-{pipeline_run_id[:8]}",
+                                run_id=parent_run_id or None, tags=tags)
+    except BaseException as err:
+        _record_error("open_run", one_line(err), isinstance(err, UserError))
+        raise
     if not tracker.enabled:
         return {"run_id": ""}
     tracker.log_params({k: v for k, v in (params or {}).items() if v not in (None, "")})
@@ -370,11 +374,7 @@ def prepare_dataset(data: str, out: str, data_format: str = "yolo", task: str = 
         if data.startswith("s3://"):
             fingerprint = json.dumps(_s3_listing(data))
         else:
-            src = Path(data)
-            if not src.exists():
-                raise UserError(f"data {data}: not found; expected a data set folder/file or an s3:// prefix")
-            fingerprint = _tree_fingerprint(src if src.is_dir() or src.suffix not in (".yaml", ".yml")
-                                            else src.parent)
+            fingerprint = _source_fingerprint(Path(data), data_format)
         parts = {"source": fingerprint, "format": data_format, "task": task, "val_fraction": float(val_fraction),
                  "classes": class_list}
         out_dir = Path(out)
@@ -405,6 +405,23 @@ def prepare_dataset(data: str, out: str, data_format: str = "yolo", task: str = 
         _log_outcome(tracker, hit, key, metrics=metrics, tags=lineage_tags(data_hash=result["content_hash"]),
                      artifacts=[out_dir / "stats.json", out_dir / "data.yaml"])
         return result
+
+
+def _source_fingerprint(src: Path, data_format: str) -> str:
+    """What the prepared data set depends on. A YOLO ``data.yaml`` may point anywhere (its ``path``): hash the
+    images and labels it names (``dataset_hash``) plus the yaml itself; otherwise every file under the source."""
+    if not src.exists():
+        raise UserError(f"data {src}: not found; expected a data set folder/file or an s3:// prefix")
+    if data_format == "yolo":
+        data_yaml = src / "data.yaml" if src.is_dir() else src
+        if data_yaml.is_file():
+            from sparse_core.data.hashing import dataset_hash
+
+            try:
+                return f"{dataset_hash(data_yaml)}:{_sha256(data_yaml)}"
+            except UserError:
+                pass  # broken source: fall through; prepare reports the problem with its location
+    return _tree_fingerprint(src)
 
 
 def _rebase_data_yaml(folder: Path) -> None:
@@ -473,7 +490,10 @@ def _epoch_logger(history: list[dict]):
     from sparse_core.tracking.tracker import metric_key
 
     def on_fit_epoch_end(trainer) -> None:
-        row: dict[str, float] = {"epoch": int(trainer.epoch) + 1}
+        epoch = int(trainer.epoch) + 1
+        if epoch > int(trainer.epochs) or any(r["epoch"] == epoch for r in history):
+            return  # Ultralytics calls this once more after its final validation of best.pt
+        row: dict[str, float] = {"epoch": epoch}
         for k, v in (trainer.metrics or {}).items():
             if isinstance(v, (int, float)):
                 row[STANDARD_METRICS.get(k, metric_key(k))] = float(v)
