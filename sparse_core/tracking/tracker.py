@@ -19,6 +19,7 @@ import math
 import os
 import re
 import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -43,9 +44,21 @@ _MAX_REDACT_BYTES = 20 << 20
 
 
 def spool_root() -> Path:
+    """Where unsent items and upload copies wait; falls back to the temp dir if the home one is not writable
+    (read-only HOME in a container)."""
     if os.environ.get(SPOOL_ENV):
-        return Path(os.environ[SPOOL_ENV])
-    return Path(os.environ.get("SPARSEPIPE_HOME") or "~/.sparsepipe").expanduser() / "mlflow-spool"
+        root = Path(os.environ[SPOOL_ENV])
+    else:
+        root = Path(os.environ.get("SPARSEPIPE_HOME") or "~/.sparsepipe").expanduser() / "mlflow-spool"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if os.access(root, os.W_OK):
+            return root
+    except OSError:
+        pass
+    root = Path(tempfile.gettempdir()) / "sparsepipe-mlflow-spool"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -316,7 +329,10 @@ class Tracker:
                             redact(self.uri or ""), redact(str(err)).splitlines()[0][:160], self.pending(),
                             self._spool_file())
             self._down = True
-            self._write_spool()
+            try:
+                self._write_spool()
+            except OSError as spool_err:  # full disk: the queue in memory still holds everything
+                log.warning("MLflow spool %s not written: %s", self._spool_file(), spool_err)
             return False
         if self._down:
             log.warning("MLflow server %s is back; buffered items sent", redact(self.uri or ""))
@@ -357,16 +373,16 @@ class Tracker:
 
     def _write_spool(self) -> None:
         path = self._spool_file()
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in self._records()))
         os.replace(tmp, path)
 
     def _spool_append(self, records: list[dict]) -> None:
-        path = self._spool_file()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records)
+        try:
+            with open(self._spool_file(), "a") as f:
+                f.writelines(json.dumps(r) + "\n" for r in records)
+        except OSError as err:  # the in-memory queue is the source of truth; the spool is for crashes
+            log.warning("MLflow spool %s not written: %s", self._spool_file(), err)
 
     def _load_spool(self) -> None:
         """Re-queue what an earlier process left unsent for this run (duplicates are dropped by MLflow)."""
