@@ -392,3 +392,55 @@ def test_server_down_20s_mid_run_buffered_metrics_arrive(server, tmp_path, caplo
         assert sorted(m.step for m in client.get_metric_history(t.run_id, key)) == list(range(step))
     assert "curve.csv" in {a.path for a in client.list_artifacts(t.run_id)}
     assert not spool.exists() and "is back" in caplog.text
+
+
+def test_train_export_benchmark_register_pull_end_to_end(server, tmp_path):
+    """The real CLI chain logs into ONE run (the run that trained the model) and the registry gives it back."""
+    from sparse_core.data.synth import synth_dataset
+
+    data = synth_dataset(tmp_path / "data", n_train=8, n_val=4, imgsz=64, seed=5)
+    recipe = tmp_path / "gmp.yaml"
+    recipe.write_text(textwrap.dedent("""\
+        version: 1.1.0
+        final_sparsity: 0.5
+        modifiers:
+          - !EpochRangeModifier {start_epoch: 0, end_epoch: 2}
+          - !GMPruningModifier {params: __ALL_PRUNABLE__, init_sparsity: 0.05, final_sparsity: eval(final_sparsity),
+                                start_epoch: 0, end_epoch: 1, update_frequency: 0.5}
+        """))
+    uri = ["--mlflow", server.uri]
+    res = _cli("train", "--model", "yolov8n.yaml", "--data", str(data), "--recipe", str(recipe), "--imgsz", "64",
+               "--batch", "4", "--workers", "0", "--project", str(tmp_path), "--name", "run", "--no-plots", "--json",
+               *uri, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    run_id = summary["mlflow_run_id"]
+    deploy = tmp_path / "deploy"
+    res = _cli("export", "--weights", summary["weights"]["best"], "--out", str(deploy), "--register", "e2e-model",
+               "--alias", "candidate", "--json", *uri, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    exported = json.loads(res.stdout.strip().splitlines()[-1])
+    assert exported["mlflow_run_id"] == run_id and exported["registered"]["run_id"] == run_id
+    res = _cli("benchmark", str(deploy), "--iterations", "5", "--warmup", "1", "--json", *uri)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout.strip().splitlines()[-1])["mlflow_run_id"] == run_id
+
+    client = MlflowClient(server.uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    for key in ("map50", "map50_95", "sparsity", "images_per_s", "latency_p50_ms", "latency_p90_ms", "size_mb",
+                "size_gzip_mb"):
+        assert key in run.data.metrics, key
+    assert len(client.get_metric_history(run_id, "sparsity")) >= 2  # per epoch
+    for key in ("recipe.var.final_sparsity", "prune.final_sparsity", "train.imgsz", "model.family", "data_hash"):
+        assert key in run.data.params, key
+    for tag in ("recipe_sha256", "git_commit", "data_hash", "base_model"):
+        assert run.data.tags.get(tag), tag
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"recipe", "summary.json", "sparsity", "deployment"} <= artifacts
+    version = client.get_model_version_by_alias("e2e-model", "candidate")
+    assert version.tags.get("recipe_sha256") == run.data.tags["recipe_sha256"]
+    res = _cli("models", "pull", "e2e-model@candidate", "--out", str(tmp_path / "pulled"), "--tracking-uri",
+               server.uri)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert _sha(tmp_path / "pulled" / "model.onnx") == _sha(deploy / "model.onnx")

@@ -23,6 +23,8 @@ def register(subparsers) -> None:
     g.add_argument("--iterations", type=int, default=None, help="timed runs per model")
     g.add_argument("--seconds", type=float, default=None, help="time budget for the timed runs (default 10 s)")
     p.add_argument("--compare", metavar="OTHER_MODEL", default=None, help="second model, run interleaved")
+    p.add_argument("--mlflow", metavar="URI", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI): log the "
+                   "metrics on the run that produced MODEL")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line last")
     p.set_defaults(func=run)
 
@@ -46,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
     if "compare" in r:
         print(_row(r["compare"]))
         print(f"speedup {r['speedup']:.3f}x (interleaved), gzip size ratio {r['size_ratio_gzip']:.2f}x")
+    from sparse_core.tracking.record import record_benchmark
+
+    r["mlflow_run_id"] = record_benchmark(args.model, r, args.mlflow)
     if args.json:
         print(json.dumps(r))
     return 0

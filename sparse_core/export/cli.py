@@ -17,6 +17,10 @@ def register(subparsers) -> None:
     p.add_argument("--batch", type=int, default=1, help="static batch size (default 1)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 13..21 (default 17)")
     p.add_argument("--no-simplify", dest="simplify", action="store_false", help="skip onnxslim graph simplification")
+    p.add_argument("--mlflow", metavar="URI", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI): log the "
+                   "deployment folder into the run that trained the checkpoint")
+    p.add_argument("--register", metavar="NAME", help="register the exported model in the MLflow model registry")
+    p.add_argument("--alias", help="alias for the registered version (e.g. candidate)")
     p.add_argument("--json", action="store_true", help="print export.json as one JSON line last")
     p.set_defaults(func=run)
 
@@ -32,6 +36,16 @@ def run(args: argparse.Namespace) -> int:
           f"{info['sparsity']:.2%} ({info['zeros']} zeros); parity max abs diff {info['parity_max_abs_diff']:.2e}")
     if info["ort_optimized"]["integer_ops"]:
         print(f"  onnxruntime integer kernels: {info['ort_optimized']['integer_ops']}")
+    from sparse_core.errors import UserError
+    from sparse_core.tracking.record import record_export
+
+    if args.register and not (args.mlflow or __import__("os").environ.get("MLFLOW_TRACKING_URI")):
+        raise UserError("--register needs an MLflow tracking URI (--mlflow URI or MLFLOW_TRACKING_URI)")
+    recorded = record_export(args.out, info, args.mlflow, register=args.register, alias=args.alias)
+    if recorded.get("registered"):
+        reg = recorded["registered"]
+        print(f"  registered {reg['name']} version {reg['version']} (run {reg['run_id']})")
+    info.update(recorded)
     if args.json:
         print(json.dumps(info))
     return 0

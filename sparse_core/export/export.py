@@ -295,6 +295,11 @@ def export_model(
             "parity_note": "max |onnxruntime - PyTorch| on a seeded uniform[0,1) input; PyTorch side unfused"
             + (" fake-quant" if quantized else " FP32"),
             "versions": _versions(),
+            # lineage: the MLflow run that trained this checkpoint (export/benchmark/register log into it)
+            "mlflow_run_id": meta.get("mlflow_run_id"),
+            "recipe_sha256": meta.get("recipe_sha256"),
+            "data_hash": meta.get("data_hash"),
+            "base": meta.get("base"),
         }
         (tmp / "export.json").write_text(json.dumps(info, indent=2) + "\n")
         _replace_dir(tmp, out)

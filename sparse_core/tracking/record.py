@@ -1,0 +1,64 @@
+"""Record ``export`` and ``benchmark`` results in the MLflow run that trained the model.
+
+The run id travels with the model: checkpoint (``sparsepipe.mlflow_run_id``) → ``export.json`` → benchmark.
+A model with no run (e.g. an Ultralytics checkpoint) gets a new run of its own.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sparse_core.tracking import Tracker
+from sparse_core.tracking.connection import resolve_uri
+from sparse_core.tracking.keys import TAG_ONNX_SHA256
+
+
+def _export_info(model: str | Path) -> dict:
+    path = Path(model)
+    folder = path if path.is_dir() else path.parent
+    info = folder / "export.json"
+    return json.loads(info.read_text()) if info.is_file() else {}
+
+
+def bench_metrics(result: dict) -> dict:
+    """Benchmark result -> the standard metric keys the MLflow compare page lines up."""
+    lat = result.get("latency_ms", {})
+    return {"images_per_s": result.get("images_per_s", 0.0), "latency_p50_ms": lat.get("p50", 0.0),
+            "latency_p90_ms": lat.get("p90", 0.0), "size_mb": result.get("size_mb", 0.0),
+            "size_gzip_mb": result.get("size_gzip_mb", 0.0)}
+
+
+def record_export(deploy_dir: str | Path, info: dict, uri: str | None, register: str | None = None,
+                  alias: str | None = None, experiment: str = "sparsepipe") -> dict:
+    """Log the deployment folder + sizes into the training run; optionally register it. Returns ids."""
+    uri = resolve_uri(uri)
+    if not uri:
+        return {}
+    run_id = info.get("mlflow_run_id")
+    tracker = Tracker.start(uri, experiment=experiment, run_id=run_id, run_name=None if run_id else "export")
+    tracker.log_metrics({"size_mb": info["size_bytes"] / 1e6, "size_gzip_mb": info["size_gzip_bytes"] / 1e6,
+                         "export_sparsity": info.get("sparsity", 0.0)})
+    tracker.set_tags({TAG_ONNX_SHA256: info.get("sha256", ""), "quantized": str(info.get("quantized"))})
+    tracker.log_artifact(deploy_dir, "deployment")
+    tracker.finish()
+    out = {"mlflow_run_id": tracker.run_id}
+    if register:
+        from sparse_core.tracking.registry import register_model
+
+        out["registered"] = register_model(deploy_dir, register, run_id=tracker.run_id, alias=alias, tracking_uri=uri)
+    return out
+
+
+def record_benchmark(model: str | Path, result: dict, uri: str | None, experiment: str = "sparsepipe") -> str | None:
+    """Log benchmark metrics on the run that produced ``model`` (from its export.json); returns the run id."""
+    uri = resolve_uri(uri)
+    if not uri:
+        return None
+    run_id = _export_info(model).get("mlflow_run_id")
+    tracker = Tracker.start(uri, experiment=experiment, run_id=run_id, run_name=None if run_id else "benchmark")
+    tracker.log_metrics(bench_metrics(result))
+    tracker.log_params({"bench.engine": result.get("engine"), "bench.threads": result.get("threads"),
+                        "bench.batch": result.get("batch"), "bench.cpu": result.get("cpu", {}).get("model")})
+    tracker.finish()
+    return tracker.run_id
