@@ -36,6 +36,13 @@ def _rss_kb(field: str) -> int:
     return 0
 
 
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def run_mode(mode: str, model_cfg: str, imgsz: int, batch: int, steps: int, warmup: int, device: str) -> dict:
     import torch
     from ultralytics.cfg import get_cfg
@@ -115,7 +122,7 @@ def main() -> int:
 
     summary = {
         "model": args.model, "imgsz": args.imgsz, "batch": args.batch, "device": args.device,
-        "device_name": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor(),
+        "device_name": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else _cpu_name(),
         "threads": torch.get_num_threads(),
         "fp32_step_s": round(fp32["step_s"], 4), "qat_step_s": round(qat["step_s"], 4),
         "fp32_epoch_s": round(fp32["step_s"] * steps_per_epoch, 2), "qat_epoch_s": round(qat["step_s"] * steps_per_epoch, 2),

@@ -160,6 +160,7 @@ def test_qdq_graph_follows_the_recipe(qat):
 def test_qdq_onnx_map_matches_fake_quant_pytorch(qat, data):
     pt = val(qat["summary"]["weights"]["last"], data=str(data), imgsz=IMGSZ)
     ox = val(str(qat["deploy"]), data=str(data), imgsz=IMGSZ)
+    print(f"\nmAP50 fake-quant PyTorch {pt['map50']:.4f}, QDQ onnxruntime {ox['map50']:.4f}")  # shown with -s
     assert pt["map50"] > 0.1, pt  # a learnt model, so the comparison means something
     assert abs(pt["map50"] - ox["map50"]) <= 0.01, (pt["map50"], ox["map50"])
 
