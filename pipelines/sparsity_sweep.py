@@ -95,19 +95,28 @@ def build(k8s=None):
                 name=register_name, alias="", tags='{"baseline": "dense"}', **run), "register_model", k8s)
             dense_reg.set_display_name("dense_register")
 
+            # kfp.local 2.17 replaces every task-output *parameter* entering a ParallelFor with the loop item
+            # (kfp/local/orchestrator/task_spec_utils.py), which would turn the parent run id into "0.5". Locally
+            # the CLI always passes the parent run id as the pipeline parameter, so the loop reads it from there;
+            # a cluster build wires open_run's output as everywhere else.
+            loop_run = run if k8s is not None else {**run, "parent_run_id": parent_run_id}
+            loop_cached = {"cache_dir": cache_dir, **loop_run}
+            loop_train_args = {**train_args, **loop_cached}
             with dsl.ParallelFor(sparsities, parallelism=parallelism) as target:
                 train = configure(sparse_train(recipe=recipe, recipe_args=recipe_args, epochs=epochs,
-                                               sparsity_target=target, sparsity_arg=sparsity_arg, **train_args),
+                                               sparsity_target=target, sparsity_arg=sparsity_arg, **loop_train_args),
                                   "sparse_train", k8s)
                 quant = configure(qat(model=train.outputs["model"], dataset=data_task.outputs["dataset"],
                                       epochs=epochs, imgsz=imgsz, batch=batch, workers=workers, seed=seed,
-                                      device=device, **cached), "qat", k8s)
-                export = configure(export_model(model=quant.outputs["qat_model"], **cached), "export_model", k8s)
+                                      device=device, **loop_cached), "qat", k8s)
+                export = configure(export_model(model=quant.outputs["qat_model"], **loop_cached), "export_model",
+                                   k8s)
                 bench = configure(benchmark(deployment=export.outputs["deployment"], iterations=bench_iterations,
-                                            **cached), "benchmark", k8s)
+                                            **loop_cached), "benchmark", k8s)
                 reg = configure(register_model(deployment=export.outputs["deployment"],
                                                benchmark=bench.outputs["result"], name=register_name, alias=alias,
-                                               **run), "register_model", k8s)
+                                               **loop_run), "register_model", k8s)
+                train.after(opened)
 
             configure(select_champion(name=register_name, candidates=dsl.Collected(reg.output), metric=metric,
                                       constraint=constraint, **run), "select_champion", k8s).after(dense_reg)

@@ -110,6 +110,9 @@ def test_sweep_parallel_for_and_champion(compiled):
     assert in_loop == {"sparse_train", "qat", "export_model", "benchmark", "register_model"}
     assert ir.tasks["sparse_train"]["inputs"]["parameters"]["sparsity_target"]["componentInputParameter"].startswith(
         "pipelinechannel--sparsities-loop-item")
+    for step in in_loop:  # on a cluster the loop's steps log under the parent run open_run returns
+        assert ir.tasks[step]["inputs"]["parameters"]["parent_run_id"]["componentInputParameter"] == \
+            "pipelinechannel--open-run-Output"
     assert {"dense_baseline", "dense_export", "dense_benchmark", "dense_register"} <= set(ir.tasks)
     champ = ir.tasks["select_champion"]
     assert ir.deps("select_champion") >= {"dense_register", loop["taskInfo"]["name"]}
