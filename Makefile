@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export YOLO_OFFLINE := 1
 export SPARSEPIPE_HOME ?= $(CURDIR)/.sparsepipe
 
-.PHONY: install test demo bench clean
+.PHONY: install services test demo bench clean
 
 install: $(STAMP)
 	@# Debian chromium: the MLflow UI compare-page test renders the page headless (~80 s to apt-get once, as root)
@@ -20,8 +20,12 @@ $(STAMP): pyproject.toml scripts/install.sh
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-test: install
+test: install services
 	$(BIN)/python -m pytest -x -q tests
+
+# PostgreSQL backs the MLflow server tests; it runs on this machine kind, but start it if it is down.
+services:
+	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
 
 demo: install
 	$(BIN)/python -m sparse_core.demo
