@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from sparse_core.errors import NotSupportedYet, UserError
+from sparse_core.errors import UserError
 
 ERRORS_ENV = "SPARSEPIPE_STEP_ERRORS"
 TAG_STEP = "sparsepipe.step"
@@ -541,12 +541,7 @@ def _train_stage(stage: str, model: str, model_sha: str, base: str, data_yaml: P
                       meta={"data_hash": data_hash, "base": base, "mlflow_run_id": tracker.run_id},
                       callbacks=[("on_fit_epoch_end", _epoch_logger(history))])
         if teacher_model:
-            import inspect
-
-            if "teacher" not in inspect.signature(ul_run.train).parameters:
-                raise NotSupportedYet("teacher: distillation from a teacher is not available in train() yet; "
-                                      "run without a teacher")
-            kwargs["teacher"] = teacher_model
+            kwargs["teacher"] = teacher_model  # used by the recipe's distillation modifiers
         t0 = time.perf_counter()
         summary = ul_run.train(**kwargs)
         seconds = time.perf_counter() - t0
@@ -674,12 +669,43 @@ def qat(model: str, dataset: str, out: str, epochs: int = 0, imgsz: int = 640, b
                                                       if k in summary}, tags={"sparsepipe.qat": "skipped"})
             return result
         data_yaml, data_hash = _dataset_info(dataset)
-        part = full.split("qat")
+        part = rebase_epochs(full.split("qat"), full.qat_start_epoch() or 0.0)
         result = _train_stage(step, str(src / "model.pt"), _sha256(src / "model.pt"), summary.get("base", ""),
                               data_yaml, data_hash, part, full_yaml.read_text(), out_dir, epochs, imgsz, batch,
                               workers, seed, device, _bool(plots), teacher, tracker, cache_dir)
         tracker.set_tags({"sparsepipe.qat": "trained"})
         return {**result, "qat": "trained"}
+
+
+EPOCH_FIELDS = ("start_epoch", "end_epoch", "disable_quantization_observer_epoch", "freeze_bn_stats_epoch")
+
+
+def rebase_epochs(recipe, offset: float):
+    """``recipe`` with every epoch field moved ``offset`` epochs earlier (not below 0; ``-1`` = unset stays).
+
+    ``Recipe.split("qat")`` keeps absolute epochs (QAT from epoch 50 of 56). The qat step trains a new run from the
+    sparse stage's checkpoint, which starts at epoch 0, so the stage is rebased: QAT, the held masks and the LR
+    schedule start at 0 and the run lasts ``num_epochs - qat_start`` epochs. Limits: an LR function that began
+    before the QAT start restarts its curve at 0; epoch lists (``milestones``) are not moved.
+    """
+    from sparse_core.recipe import Recipe
+
+    if not offset:
+        return recipe
+    mods = []
+    for m in recipe.modifiers:
+        update = {f: max(0.0, float(getattr(m, f)) - offset) for f in EPOCH_FIELDS
+                  if isinstance(getattr(m, f, None), (int, float)) and getattr(m, f) >= 0}
+        moved = m.model_copy(update=update)
+        moved.__pydantic_fields_set__ = set(m.model_fields_set) | set(update)
+        mods.append(moved.placed(m.group, m.line))
+    out = Recipe(None, "", recipe.args, dict(recipe.variables), mods, recipe.version)
+    out.original_text = out.to_yaml()
+    import hashlib
+
+    out.sha256 = hashlib.sha256(out.original_text.encode()).hexdigest()
+    out.path = recipe.path
+    return out
 
 
 def export_model(model: str, out: str, imgsz: int = 0, batch: int = 1, opset: int = 17, mlflow_uri: str = "",
