@@ -52,6 +52,7 @@ class QuantizationHandler:
         model = self.manager.model
         before = list(model.parameters())
         self.report = qp.prepare(model, self.mod, self.where)
+        model.to(before[0].device)  # new fake-quant modules are built on the CPU; parameters keep their identity
         qp.check_same_parameters(before, model)
         self.started = self._changed = True
         self.manager.quantized = True  # read by the trainer's checkpoint metadata
@@ -90,11 +91,12 @@ class QuantizationHandler:
         return {"started": self.started, "observers_disabled": self.observers_disabled, "bn_frozen": self.bn_frozen}
 
     def load_state_dict(self, state: dict) -> None:
+        """Resume: the structure exists once QAT started; the flags are the saved ones (the observers' enable
+        buffers come back with the model state), and the next ``update`` applies whatever is due at its epoch —
+        exactly when the uninterrupted run applied it."""
         if state.get("started") and not self.started:
             self._prepare()
-        if state.get("observers_disabled") and not self.observers_disabled:
-            qp.disable_observers(self.manager.model)
-            self.observers_disabled = True
-        if state.get("bn_frozen") and not self.bn_frozen:
+        self.observers_disabled = bool(state.get("observers_disabled"))
+        self.bn_frozen = bool(state.get("bn_frozen"))
+        if self.bn_frozen:  # a plain attribute of the QAT ConvBn2d, not part of the model state
             freeze_bn_stats(self.manager.model)
-            self.bn_frozen = True

@@ -181,7 +181,7 @@ def _batch_start(trainer) -> None:
     nb = max(len(trainer.train_loader), 1)
     if trainer.manager.update(trainer.epoch + trainer._batch_i / nb):
         trainer.manager.apply_masks(trainer.ema.ema)
-        qat.after_manager_step(trainer)  # QAT start: EMA restructured, AMP off
+    qat.after_manager_step(trainer)  # QAT start: EMA restructured, AMP off
     trainer._batch_i += 1
 
 
