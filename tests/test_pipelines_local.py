@@ -24,6 +24,7 @@ from sparse_core.tracking.lineage import file_sha256
 
 STEPS = {"fetch_checkpoint", "prepare_dataset", "sparse_train", "qat", "export_model", "benchmark", "register_model"}
 IMGSZ = 64
+STUB = "zoo:cv/detection/yolov8-n/pytorch/ultralytics/shapes/base-none"
 TRANSFER = """
 version: 1.1.0
 num_epochs: 2
@@ -63,8 +64,10 @@ def env(tmp_path_factory):
     from sparse_core.integrations.ultralytics import train
 
     root = tmp_path_factory.mktemp("pipelines")
-    saved = {k: os.environ.get(k) for k in ("SPARSEPIPE_HOME", "MLFLOW_TRACKING_URI", "SPARSEPIPE_STEP_CACHE")}
+    saved = {k: os.environ.get(k) for k in ("SPARSEPIPE_HOME", "MLFLOW_TRACKING_URI", "SPARSEPIPE_STEP_CACHE",
+                                             "SPARSEPIPE_CACHE")}
     os.environ["SPARSEPIPE_HOME"] = str(root / "home")
+    os.environ["SPARSEPIPE_CACHE"] = str(root / "zoo-cache")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.environ.pop("SPARSEPIPE_STEP_CACHE", None)
     data = synth_dataset(root / "data", n_train=8, n_val=4, imgsz=IMGSZ, seed=3).parent
@@ -72,8 +75,13 @@ def env(tmp_path_factory):
                  project=str(root / "base"), name="dense", plots=False)["weights"]["best"]
     (root / "transfer.yaml").write_text(TRANSFER)
     (root / "gmp.yaml").write_text(GMP)
+    # seed 000's path: the base checkpoint and its transfer recipe come from a zoo (a local folder here)
+    from sparse_core.zoo import publish
+
+    (Path(base).parents[1] / "recipe_transfer_learn.yaml").write_text(TRANSFER)
+    publish(Path(base).parents[1], STUB, zoo=str(root / "zoo"))
     uri, stop = start_mlflow(root / "mlflow", backend="sqlite")
-    yield {"root": root, "data": data, "base": base, "uri": uri}
+    yield {"root": root, "data": data, "base": base, "uri": uri, "zoo": str(root / "zoo")}
     stop()
     for k, v in saved.items():
         if v is None:
@@ -103,13 +111,13 @@ def test_sparse_transfer_local_tracking_cache_and_recipe_change(env):
 
     client = MlflowClient(env["uri"], registry_uri=env["uri"])
     name = "tiny-transfer"
-    first = run_local("sparse_transfer", base_params(env, register_name=name),
-                      pipeline_root=env["root"] / "kfp")
+    zoo = {"model": STUB, "recipe": f"{STUB}?recipe_type=transfer_learn", "zoo": env["zoo"], "register_name": name}
+    first = run_local("sparse_transfer", base_params(env, **zoo), pipeline_root=env["root"] / "kfp")
     assert first["status"] == "SUCCEEDED"
     parent = client.get_run(first["parent_run_id"])
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["sparsepipe.run_kind"] == "pipeline"
-    assert parent.data.params["register_name"] == name and parent.data.params["imgsz"] == str(IMGSZ)
+    assert parent.data.params["register_name"] == name and parent.data.params["model"] == STUB
     kids = children(client, first["parent_run_id"])
     assert set(kids) == STEPS and all(len(v) == 1 for v in kids.values())  # 7 child runs, one per step
     for step, (run,) in kids.items():
@@ -129,6 +137,7 @@ def test_sparse_transfer_local_tracking_cache_and_recipe_change(env):
     assert mv.run_id == reg_run.info.run_id and reg_run.data.tags["sparsepipe.registered"] == f"{name}/{mv.version}"
     for tag in ("recipe_sha256", "data_hash", "git_commit", "base_model", "onnx_sha256", "pipeline_run_id"):
         assert mv.tags.get(tag), tag
+    assert mv.tags["base_model"] == STUB
     deploy = sorted(Path(first["pipeline_root"]).glob("sparse-transfer-*/export-model/deployment"))[-1]
     assert mv.tags["onnx_sha256"] == file_sha256(deploy / "model.onnx")
     assert mv.tags["data_hash"] == json.loads((deploy.parents[1] / "prepare-dataset/dataset/stats.json")
@@ -136,7 +145,7 @@ def test_sparse_transfer_local_tracking_cache_and_recipe_change(env):
     assert {"map50", "sparsity", "images_per_s", "size_mb"} <= set(reg_run.data.metrics)  # champion criteria
 
     # the same run again: every step is served from the step cache, the version is reused, 7 child runs again
-    second = run_local("sparse_transfer", base_params(env, register_name=name), pipeline_root=env["root"] / "kfp")
+    second = run_local("sparse_transfer", base_params(env, **zoo), pipeline_root=env["root"] / "kfp")
     kids2 = children(client, second["parent_run_id"])
     assert set(kids2) == STEPS and client.get_run(second["parent_run_id"]).info.status == "FINISHED"
     caches = {s: r[0].data.tags["sparsepipe.cache"] for s, r in kids2.items()}
@@ -145,7 +154,7 @@ def test_sparse_transfer_local_tracking_cache_and_recipe_change(env):
     assert client.get_model_version_by_alias(name, "candidate").version == mv.version
 
     # a changed recipe (another epoch count) re-runs training and what follows; data and checkpoint stay cached
-    third = run_local("sparse_transfer", base_params(env, register_name=name, recipe_args='{"num_epochs": 1}'),
+    third = run_local("sparse_transfer", base_params(env, recipe_args='{"num_epochs": 1}', **zoo),
                       pipeline_root=env["root"] / "kfp")
     kids3 = children(client, third["parent_run_id"])
     caches = {s: r[0].data.tags["sparsepipe.cache"] for s, r in kids3.items()}
