@@ -347,6 +347,7 @@ class QuantizationModifier(Modifier):
     weight_qconfig_kwargs: dict[str, Any] | None = None
     tensorrt: bool | None = None
     num_calibration_steps: Int | None = None
+    strict: bool | None = None  # SparseML: ignore/scheme_overrides names must all match (sparsepipe: warn unless true)
 
     def problems(self):
         yield from super().problems()
