@@ -135,3 +135,9 @@ def test_bad_quantization_fields():
         m = yolo("yolov8n.yaml")
         prepare(m, quant_modifier("", text=base), "r.yaml:2")  # nothing ignored: Concat gets input quant
         m(torch.zeros(1, 3, 64, 64))
+
+
+def test_strict_makes_unmatched_names_an_error():
+    text = open(SEED000).read().replace("    ignore: ['Upsample'", "    strict: true\n    ignore: ['Upsample'")
+    with pytest.raises(UserError, match="scheme_overrides: model.12.m.1.cv1.conv.*strict: true"):
+        prepare(yolo("yolov8n.yaml"), quant_modifier("", SHORT, text=text), "seed000")

@@ -15,8 +15,8 @@ Two generations of the modifier exist and recipes of both must run unchanged:
 
 Defaults (issue 3/8): weights int8 symmetric **per-channel**, activations uint8 asymmetric per-tensor (int8 when
 symmetric). ``strategy: tensor|channel`` overrides the granularity. Names that match no module of the model are
-reported (a yolov8m recipe on a yolov8n has fewer C2f repeats) rather than fatal; SparseML's ``strict`` is not a
-field of our schema.
+reported (a yolov8m recipe on a yolov8n has fewer C2f repeats) rather than fatal, unless the recipe sets SparseML's
+``strict: true`` (SparseML's default was strict; sparsepipe's is lenient so seed recipes run on smaller variants).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ LEGACY_FIELDS = ("submodules", "exclude_module_types", "custom_quantizable_modul
                  "quantize_linear_activations", "quantize_embeddings", "quantize_embedding_activations",
                  "activation_bits", "weight_bits", "reduce_range", "exclude_batchnorm", "tensorrt",
                  "activation_qconfig_kwargs", "weight_qconfig_kwargs")
-SCHEME_FIELDS = ("scheme", "scheme_overrides", "ignore")
+SCHEME_FIELDS = ("scheme", "scheme_overrides", "ignore", "strict")
 
 
 @dataclass(frozen=True)
@@ -194,8 +194,13 @@ def _resolve_scheme(model: nn.Module, mod: QuantizationModifier, where: str) -> 
         scheme = overrides[key] if key else default
         if (key == kind or _quantizable(module)) and scheme.any():
             out[name] = scheme
-    unmatched = {"ignore": _unmatched(model, ignore), "scheme_overrides": _unmatched(model, overrides)}
-    return Resolution(out, {k: v for k, v in unmatched.items() if v}, "scheme")
+    unmatched = {k: v for k, v in (("ignore", _unmatched(model, ignore)),
+                                    ("scheme_overrides", _unmatched(model, overrides))) if v}
+    if mod.strict and unmatched:
+        field, names = next(iter(unmatched.items()))
+        raise UserError(f"{where}: {field}: {', '.join(names[:6])}{' ...' if len(names) > 6 else ''} match no module "
+                        "of this model (strict: true); expected module names or types of the model being trained")
+    return Resolution(out, unmatched, "scheme")
 
 
 def _resolve_legacy(model: nn.Module, mod: QuantizationModifier, where: str) -> Resolution:
