@@ -145,3 +145,16 @@ def test_seed002_shape_end_to_end_on_yolov5u(data, tmp_path):
     acts = [m for m in model.modules() if type(m).__name__ == "SiLU"]
     assert acts and all(isinstance(getattr(a, "input_quant", None), FakeQuantizeBase) for a in acts)
     assert summary["epochs"] == 6
+
+
+def test_cli_teacher_flag_bad_path_exits_2(data, tmp_path):
+    import subprocess
+    import sys
+
+    recipe = tmp_path / "kd.yaml"
+    recipe.write_text(KD)
+    out = subprocess.run([sys.executable, "-m", "sparse_core.cli", "train", "--model", "yolov8n.yaml", "--data",
+                          str(data), "--recipe", str(recipe), "--teacher", str(tmp_path / "missing.pt"),
+                          "--imgsz", "64", "--project", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-500:]
+    assert "--teacher" in out.stderr and "missing.pt: not found" in out.stderr and "Traceback" not in out.stderr

@@ -141,3 +141,21 @@ def test_strict_makes_unmatched_names_an_error():
     text = open(SEED000).read().replace("    ignore: ['Upsample'", "    strict: true\n    ignore: ['Upsample'")
     with pytest.raises(UserError, match="scheme_overrides: model.12.m.1.cv1.conv.*strict: true"):
         prepare(yolo("yolov8n.yaml"), quant_modifier("", SHORT, text=text), "seed000")
+
+
+def test_segmenter_qat_exports_integer_convs(tmp_path):
+    from ultralytics.nn.tasks import SegmentationModel
+
+    from sparse_core.export import export_model
+
+    torch.manual_seed(0)
+    model = SegmentationModel("yolov8n-seg.yaml", nc=2, verbose=False)
+    report = prepare(model, quant_modifier(SEED000, {"qat_start_epoch": 0}), "seed000")
+    assert report.counts()["fused_conv_bn"] == 66  # the Proto's Conv blocks too
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(2, 3, 64, 64))  # observers see data once
+    info = export_model({"model": model.eval(), "train_args": {"imgsz": 64}, "sparsepipe": {"quantized": True}},
+                        tmp_path / "seg")
+    assert info["task"] == "segment" and len(info["outputs"]) == 2  # detections + mask prototypes
+    assert info["ort_optimized"]["integer_ops"]["QLinearConv"] >= 50
