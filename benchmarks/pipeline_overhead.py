@@ -4,7 +4,7 @@ Each step records ``step_seconds`` in its MLflow child run: time spent inside th
 lookup, the work). The rest of the wall time is orchestration: a fresh Python process per task, imports (kfp,
 mlflow, torch, ultralytics), the local runner's bookkeeping, and the parent run's open/close tasks.
 
-    .venv/bin/python benchmarks/pipeline_overhead.py [--images 64] [--imgsz 160] [--epochs 3] [--json]
+    .venv/bin/python benchmarks/pipeline_overhead.py [--images 256] [--imgsz 256] [--epochs 4] [--json]
 
 The step cache is off (``cache_dir=none``) so every step computes. Numbers depend on the machine and its load
 (printed); compare ratios only within one run.
@@ -42,9 +42,9 @@ pruning_modifiers:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=64, help="training images (val = a quarter)")
-    ap.add_argument("--imgsz", type=int, default=160)
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--images", type=int, default=256, help="training images (val = a quarter)")
+    ap.add_argument("--imgsz", type=int, default=256)
+    ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 

@@ -311,8 +311,8 @@ def _print_summary(summary: dict) -> None:
             print(f"  browse: mlflow ui --backend-store-uri {uri}")
         registered = [r["registered"] for r in rows if r.get("registered")]
         if registered:
-            print(f"  registered: {', '.join(registered)} (pull: sparsepipe models pull "
-                  f"{registered[-1].replace('/', '/', 1)} --out DIR --tracking-uri {uri})")
+            print(f"  registered: {', '.join(registered)} (pull: sparsepipe models pull {registered[-1]} "
+                  f"--out DIR --tracking-uri {uri})")
 
 
 def _run(args) -> int:
@@ -365,9 +365,15 @@ def _check_host(host: str, timeout: float = 10.0) -> None:
 
 
 def _inline_local_recipe(params: dict) -> dict:
+    """A recipe given as a file on this machine travels as its text; local data/model paths get a warning."""
     recipe = params.get("recipe")
     if isinstance(recipe, str) and recipe and "\n" not in recipe and Path(recipe).is_file():
         params = {**params, "recipe": Path(recipe).read_text(encoding="utf-8")}
+    for key in ("data", "model", "teacher"):
+        value = params.get(key)
+        if isinstance(value, str) and value and not value.startswith(("s3://", "zoo:")) and Path(value).exists():
+            print(f"sparsepipe pipeline: note: {key}={value} is a path on this machine; the step pods must see it "
+                  "too (a path on the data PVC), else use s3:// or a zoo: stub", file=sys.stderr)
     return params
 
 

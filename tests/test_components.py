@@ -201,6 +201,13 @@ def test_qat_stage_trains_with_masks_held(sparse_stage):
     assert sparsepipe_meta(load_checkpoint(sparse_stage["root"] / "qat" / "model.pt"))["quantized"] is True
 
 
+def test_fetch_nothing_for_an_empty_optional_model(tmp_path):
+    result = steps.fetch_checkpoint("", str(tmp_path / "teacher"), cache_dir="none")
+    assert result["kind"] == "none" and steps._nothing_fetched(str(tmp_path / "teacher"))
+    with pytest.raises(UserError, match="not found; expected a zoo: stub"):
+        steps.fetch_checkpoint(str(tmp_path / "nope.pt"), str(tmp_path / "x"), cache_dir="none")
+
+
 def test_one_line_causes():
     assert steps.one_line(UserError("a.yaml:3: field: bad\nmore")) == "a.yaml:3: field: bad"
     assert steps.one_line(ValueError("boom\ntrace")) == "ValueError: boom"
