@@ -119,13 +119,20 @@ def data(tmp_path_factory) -> Path:
     return synth_dataset(tmp_path_factory.mktemp("d"), n_train=16, n_val=8, imgsz=IMGSZ, seed=4, n_classes=2)
 
 
-def test_seed002_shape_end_to_end_on_yolov5u(data, tmp_path):
+@pytest.fixture(scope="module")
+def seed002_run(data, tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("s002")
     teacher = train(model="yolov5nu.yaml", data=str(data), epochs=1, imgsz=IMGSZ, batch=8, workers=0,
-                    project=tmp_path, name="teacher", plots=False)["weights"]["last"]
-    recipe = tmp_path / "seed002_yolov5u.yaml"
+                    project=root, name="teacher", plots=False)["weights"]["last"]
+    recipe = root / "seed002_yolov5u.yaml"
     recipe.write_text(seed002_for_yolov5u())
-    summary = train(model="yolov5nu.yaml", data=str(data), recipe=str(recipe), recipe_args=SHORT, teacher=teacher,
-                    imgsz=IMGSZ, batch=8, workers=0, project=tmp_path, name="student", plots=False)
+    kwargs = dict(model="yolov5nu.yaml", data=str(data), recipe=str(recipe), recipe_args=SHORT, teacher=teacher,
+                  imgsz=IMGSZ, batch=8, workers=0, project=root, plots=False)
+    return {"summary": train(name="student", **kwargs), "teacher": teacher, "recipe": recipe, "kwargs": kwargs}
+
+
+def test_seed002_shape_end_to_end_on_yolov5u(seed002_run):
+    summary, teacher, recipe = seed002_run["summary"], seed002_run["teacher"], seed002_run["recipe"]
     ckpt = load_checkpoint(summary["weights"]["last"])
     meta = sparsepipe_meta(ckpt)
     assert meta["quantized"] is True and meta["teacher"] == teacher
@@ -158,3 +165,22 @@ def test_cli_teacher_flag_bad_path_exits_2(data, tmp_path):
                           "--imgsz", "64", "--project", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 2, out.stderr[-500:]
     assert "--teacher" in out.stderr and "missing.pt: not found" in out.stderr and "Traceback" not in out.stderr
+
+
+class Interrupt(Exception):
+    """Raised from a callback to stop training right after a checkpoint was written."""
+
+
+def test_resume_during_distillation_is_exact(seed002_run):
+    def stop(trainer):
+        if trainer.epoch == 2:  # pruning and per-layer distillation (with its projection param group) running
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(name="interrupted", callbacks=[("on_model_save", stop)], **seed002_run["kwargs"])
+    last = Path(seed002_run["summary"]["save_dir"]).parent / "interrupted" / "weights" / "last.pt"
+    resumed = train(resume=str(last), workers=0)
+    a = checkpoint_model(load_checkpoint(resumed["weights"]["last"])).state_dict()
+    b = checkpoint_model(load_checkpoint(seed002_run["summary"]["weights"]["last"])).state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
