@@ -216,6 +216,10 @@ def test_bad_recipes_and_models():
         prune(build("yolov8n.yaml"), type_="GlobalMagnitudePruningModifier")
     with pytest.raises(UserError, match="select no prunable channel"):
         prune(build("yolov8n.yaml"), params="['model.22.cv2.0.2.weight', 'model.22.cv3.0.2.weight']")
+    combined = RECIPE.format(type="GMPruningModifier", params="__ALL_PRUNABLE__", final=0.5) + (
+        "quantization_modifiers:\n  - !QuantizationModifier\n    start_epoch: 1.0\n")
+    with pytest.raises(NotSupportedYet, match="then QAT on its thinned last.pt"):
+        RecipeManager(load_recipe(combined), build("yolov8n.yaml")).initialize(0.0)
     plain = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
     with pytest.raises(UserError, match="mask_type: filter: structured pruning needs an Ultralytics model"):
         RecipeManager(load_recipe(RECIPE.format(type="GMPruningModifier", params="__ALL_PRUNABLE__", final=0.5)),
