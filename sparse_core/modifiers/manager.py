@@ -87,7 +87,7 @@ class RecipeManager:
         if isinstance(mod, GMPruningModifier) and mod.mask_type == "filter":
             from sparse_core.structured import StructuredGMPExecutor  # coupled channels, thinned after training
 
-            return StructuredGMPExecutor(mod, where, self.model, params)
+            return StructuredGMPExecutor(mod, where, self.model, params, recipe=self.recipe)
         if isinstance(mod, GMPruningModifier):
             final: dict[str, float] = {}
             for selector, sparsity in mod.selector_sparsities():
