@@ -306,7 +306,9 @@ def markdown(res: dict, train_s: dict[str, float], total_s: float) -> str:
         f"PQ graph as onnxruntime optimises it: {pq['integer_convs']} integer convs (QLinearConv), "
         f"{pq['float_convs']} float convs.",
         "",
-    ]
+        "Reading the numbers:",
+        "",
+    ] + notes(res) + [""]
     for name in ("pq", "structured", "dense"):
         prof = res["profiles"][name]
         lines += [f"## Where the time goes: {LABELS[name]}", "",
@@ -317,6 +319,55 @@ def markdown(res: dict, train_s: dict[str, float], total_s: float) -> str:
         lines.append("")
     lines += ["Training wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in train_s.items()) + ".", ""]
     return "\n".join(lines)
+
+
+def notes(res: dict) -> list[str]:
+    """Observations computed from this run's figures (what limits the PQ speed-up, how noisy the machine was)."""
+    rows, ths = res["rows"], res["thread_counts"]
+    out = []
+    for t in ths:
+        ratio = rows["pq"]["timing"][t]["images_per_s"] / rows["structured"]["timing"][t]["images_per_s"]
+        out.append(f"- INT8 vs FP32 of the same thinned model ({t} thread{'s' if t > 1 else ''}): PQ runs at "
+                   f"{ratio:.2f}x the structured FP32 img/s; structured pruning alone gives "
+                   f"{rows['structured']['timing'][t]['speedup']:.2f}x over dense with "
+                   f"{rows['dense']['gmacs'] / rows['structured']['gmacs']:.1f}x fewer conv MACs.")
+    ops = {o["op"]: o for o in res["profiles"]["pq"]["ops"]}
+    qdq = sum(ops[k]["share"] for k in ("QuantizeLinear", "DequantizeLinear") if k in ops)
+    act = sum(ops[k]["share"] for k in ("Sigmoid", "Mul") if k in ops)
+    conv = ops.get("QLinearConv", {}).get("share", 0.0)
+    out.append(f"- PQ kernel time: integer convs {conv:.0%}, QuantizeLinear/DequantizeLinear {qdq:.0%}, float SiLU "
+               f"(Sigmoid + Mul between a conv's output Q/DQ and the next conv's input Q) {act:.0%}.")
+    if len(ths) > 1:
+        many, one = ths[0], ths[-1]
+        scale = rows["dense"]["timing"][many]["images_per_s"] / rows["dense"]["timing"][one]["images_per_s"]
+        out.append(f"- Dense img/s at {many} threads is {scale:.2f}x its 1-thread figure"
+                   + (" (below 1: other work held the cores during this run; compare ratios within a column)."
+                      if scale < 1 else "."))
+    return out
+
+
+def update_readme(md: str, readme: Path) -> bool:
+    """Replace the table between the README's bench markers with this run's (the README shows the latest run)."""
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    if not readme.is_file():
+        return False
+    text = readme.read_text()
+    if start not in text or end not in text:
+        return False
+    lines = md.splitlines()
+    table = [ln for ln in lines if ln.startswith("|")][: 2 + len(VARIANTS)]
+    machine = next(ln for ln in lines if ln.startswith("- CPU:"))[2:]
+    body = "\n".join([f"`make bench`, {res_date(md)}: {machine}", "", *table, "",
+                      "Details, targets and the onnxruntime profile: "
+                      "[benchmarks/results/speed.md](benchmarks/results/speed.md)."])
+    new = text[: text.index(start) + len(start)] + "\n" + body + "\n" + text[text.index(end):]
+    write_atomic(readme, new)
+    return True
+
+
+def res_date(md: str) -> str:
+    line = next(ln for ln in md.splitlines() if ln.startswith("Measured "))
+    return line.split()[1][:10]
 
 
 def plot(res: dict, path: Path) -> None:
@@ -387,7 +438,10 @@ def main() -> int:
     res["total_seconds"] = round(time.time() - t0, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     write_atomic(args.out / "speed.json", json.dumps(res, indent=2) + "\n")
-    write_atomic(args.out / "speed.md", markdown(res, train_s, res["total_seconds"]))
+    md = markdown(res, train_s, res["total_seconds"])
+    write_atomic(args.out / "speed.md", md)
+    if args.out.resolve() == (ROOT / "benchmarks" / "results").resolve():
+        update_readme(md, ROOT / "README.md")
     plot(res, args.out / "speed.png")
     log(f"wrote {args.out / 'speed.md'} in {res['total_seconds'] / 60:.1f} min")
     print((args.out / "speed.md").read_text())
