@@ -219,7 +219,8 @@ def measure(args, work: Path, ckpts: dict[str, Path], data: Path) -> dict:
             "size_mb": sizes["size_bytes"] / 1e6, "size_gzip_mb": sizes["size_gzip_bytes"] / 1e6,
             "conv_params": info["conv_params"], "sparsity": info["sparsity"], "quantized": info["quantized"],
             "gmacs": conv_macs(model.float(), args.imgsz) / 1e9 if not info["quantized"] else None,
-            "integer_convs": info["ort_optimized"]["integer_convs"], "float_convs": info["ort_optimized"]["float_convs"],
+            "integer_convs": info["ort_optimized"]["integer_convs"],
+            "float_convs": info["ort_optimized"]["float_convs"],
             "export_parity": info["parity_max_abs_diff"],
         }
         log(f"{name}: mAP50 {metrics['map50']:.4f} (onnx), {rows[name]['size_mb']:.2f} MB, "
@@ -390,7 +391,8 @@ def plot(res: dict, path: Path) -> None:
                        color=colours[name], edgecolors="black", label=f"{LABELS[name]} ({r['size_mb']:.2f} MB)")
             ax.annotate(f"{t['speedup']:.2f}x", (t["images_per_s"], r["map50"]), textcoords="offset points",
                         xytext=(6, 8), fontsize=8)
-        ax.set_xlabel(f"images/s (onnxruntime, {threads} thread{'s' if threads > 1 else ''}, batch 1, {res['imgsz']} px)")
+        plural = "s" if threads > 1 else ""
+        ax.set_xlabel(f"images/s (onnxruntime, {threads} thread{plural}, batch 1, {res['imgsz']} px)")
         ax.set_ylabel("mAP50 (val, .onnx)")
         ax.grid(alpha=0.3)
         ax.set_ylim(max(0.0, lo - 0.1), min(1.0, max(r["map50"] for r in rows.values()) + 0.05) + 0.02)

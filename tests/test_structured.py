@@ -148,7 +148,8 @@ def test_thinned_model_equals_masked_model(cfg):
     before, after = outputs(masked, x), outputs(model, x)
     assert [t.shape for t in after] == [t.shape for t in before]  # same predictions layout (boxes, classes, masks)
     assert max(float((a - b).abs().max()) for a, b in zip(after, before)) <= 1e-4
-    before64, after64 = outputs(copy.deepcopy(masked).double(), x.double()), outputs(copy.deepcopy(model).double(), x.double())
+    before64 = outputs(copy.deepcopy(masked).double(), x.double())
+    after64 = outputs(copy.deepcopy(model).double(), x.double())
     assert max(float((a - b).abs().max()) for a, b in zip(after64, before64)) <= 1e-9  # exact up to rounding
 
     # every surviving channel is one the masked model used, and nothing else: params/MACs exactly as predicted
@@ -253,7 +254,8 @@ def test_train_thin_save_validate_export_retrain(tmp_path):
     for kind in ("best", "last"):
         ckpt = load_checkpoint(summary["weights"][kind])
         model = checkpoint_model(ckpt)
-        assert getattr(model, THINNED_ATTR) and conv_params(model) == report[kind]["conv_params_after"] < dense_params / 3
+        assert getattr(model, THINNED_ATTR)
+        assert conv_params(model) == report[kind]["conv_params_after"] < dense_params / 3
         assert sparsepipe_meta(ckpt)["structured"]["channels_removed"] == report[kind]["channels_removed"]
 
     pt_metrics = val(summary["weights"]["best"], data=str(data), imgsz=IMGSZ)

@@ -68,7 +68,8 @@ class StructuredGMPExecutor(PruningExecutor):
                 self.plan.append((group, sparsity))
         if not self.plan:
             raise UserError(f"{where}: mask_type: filter: params select no prunable channel (only model inputs/"
-                            "outputs or unsupported layers); select the convs inside the network, e.g. __ALL_PRUNABLE__")
+                            "outputs or unsupported layers); select the convs inside the network, "
+                            "e.g. __ALL_PRUNABLE__")
         names: list[str] = []
         for sp in self._spaces():
             names.append(f"{sp.conv}.weight")

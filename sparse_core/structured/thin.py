@@ -50,7 +50,8 @@ def removable_units(model: nn.Module, g: ChannelGraph, groups: list[Group] | Non
     zero = zero_slots(model, g)
     remove = []
     for group in groups if groups is not None else g.groups():
-        per_segment = [[group.units[i] for i in seg if all(s in zero for s in group.units[i])] for seg in group.segments]
+        per_segment = [[group.units[i] for i in seg if all(s in zero for s in group.units[i])]
+                       for seg in group.segments]
         if group.split is not None:
             k = min(len(z) for z in per_segment)
             per_segment = [z[:k] for z in per_segment]
