@@ -151,7 +151,9 @@ def qat_conv(conv: nn.Module, weights: QArgs) -> nn.Module:
 def _quantize_input(module: nn.Module, args: tuple) -> tuple:
     x = args[0]
     if not torch.is_tensor(x):
-        raise TypeError(f"{type(module).__name__}: input fake quantization needs a tensor input, got "
+        from sparse_core.errors import UserError
+
+        raise UserError(f"QuantizationModifier: {type(module).__name__}: input fake quantization needs a tensor input, got "
                         f"{type(x).__name__}; add the module type to the QuantizationModifier's ignore list")
     return (module.input_quant(x), *args[1:])
 

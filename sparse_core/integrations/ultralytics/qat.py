@@ -6,6 +6,8 @@ prepared in place by the handler. Then:
 - the EMA copy gets the same structure (``prepare_copy`` on the EMA itself, so its averaged weights are kept) and
   the live model's quantization state; the EMA's observers stay off and are re-synced at every epoch end, before
   Ultralytics validates and saves it — so ``best.pt``/``last.pt`` hold the live quantization grid;
+- after every optimizer step the live quantization state is copied into the EMA (before Ultralytics averages
+  it), since observers change buffer shapes;
 - masks are applied to the new EMA (parameter names are unchanged, so they apply by name);
 - AMP is turned off (fake quantization under fp16 autocast rounds scale/zero-point; SparseML disabled it too);
 - the optimizer is kept: preparation keeps every Parameter object (checked), so its param groups (order, lr,
@@ -48,6 +50,10 @@ def _on_qat_start(trainer, handler) -> None:
         trainer.ema.ema.to(next(model.parameters()).device)
         sync_quant_state(model, trainer.ema.ema)
         trainer.manager.apply_masks(trainer.ema.ema)
+        # Observers resize scale/zero-point buffers (per-tensor [1] -> per-channel [C]) on the live model; copy
+        # them into the EMA after every step, before Ultralytics averages the EMA, so the shapes always match.
+        trainer.optimizer.register_step_post_hook(
+            lambda *_: trainer.ema is not None and sync_quant_state(model, trainer.ema.ema))
     if trainer.amp:
         trainer.amp = False
         trainer.scaler = torch.amp.GradScaler(enabled=False)

@@ -14,6 +14,7 @@ One mixin serves every family (YOLOv3u/v5u/v8, detect and segment) because they 
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import tempfile
@@ -195,6 +196,22 @@ def _epoch_end(trainer) -> None:
 
         overall, _ = weight_sparsity(model)
     trainer.sparsity_history.append((float(trainer.epoch + 1), float(overall)))
+    if trainer.sparse.recipe is not None and trainer.epoch <= settled_epoch(trainer.sparse.recipe):
+        # best.pt must be a model in its final form (pruned to target, quantized): until the recipe has settled,
+        # every epoch replaces best.pt, and fitness comparison starts from the first settled epoch.
+        trainer.best_fitness = None
+
+
+SETTLING = {"GMPruningModifier": "end_epoch", "MagnitudePruningModifier": "end_epoch",
+            "GlobalMagnitudePruningModifier": "end_epoch", "QuantizationModifier": "start_epoch"}
+
+
+def settled_epoch(recipe) -> float:
+    """Index of the first epoch that trains the final form (masks at target, quantization on): best.pt is
+    chosen among that epoch and later ones."""
+    ends = [getattr(m, SETTLING[m.type_name], None) for m in recipe.of_type(*SETTLING)]
+    ends = [float(e) for e in ends if e is not None and float(e) >= 0]
+    return math.ceil(max(ends)) if ends else -1
 
 
 def _train_end(trainer) -> None:
