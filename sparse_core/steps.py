@@ -152,8 +152,17 @@ def _inherit_parent_tags(tracker, parent_run_id: str) -> None:
         return
     inherit = {k: v for k, v in tags.items() if k in (keys.TAG_PIPELINE_RUN_ID, TAG_PIPELINE)}
     tracker.set_tags(inherit)
-    if inherit.get(keys.TAG_PIPELINE_RUN_ID):
-        os.environ.setdefault("SPARSEPIPE_PIPELINE_RUN_ID", inherit[keys.TAG_PIPELINE_RUN_ID])
+    tracker.pipeline_run_id = inherit.get(keys.TAG_PIPELINE_RUN_ID)  # read by _lineage
+
+
+def _lineage(tracker, **kwargs) -> dict:
+    """``lineage_tags`` with the pipeline run id of the parent run (the pod's environment may not carry it)."""
+    from sparse_core.tracking import keys, lineage_tags
+
+    tags = lineage_tags(**kwargs)
+    if getattr(tracker, "pipeline_run_id", None):
+        tags[keys.TAG_PIPELINE_RUN_ID] = tracker.pipeline_run_id
+    return tags
 
 
 def _log_outcome(tracker, hit: bool, key: str, metrics: dict | None = None, tags: dict | None = None,
@@ -277,10 +286,9 @@ def fetch_checkpoint(model: str, out: str, zoo: str = "", mlflow_uri: str = "", 
             return res
 
         from sparse_core.step_cache import cached
-        from sparse_core.tracking import lineage_tags
 
         result, hit, key = cached(step, parts, out_dir, compute, cache_dir)
-        _log_outcome(tracker, hit, key, tags=lineage_tags(base=model))
+        _log_outcome(tracker, hit, key, tags=_lineage(tracker, base=model))
         return result
 
 
@@ -398,11 +406,10 @@ def prepare_dataset(data: str, out: str, data_format: str = "yolo", task: str = 
         result, hit, key = cached(step, parts, out_dir, compute, cache_dir)
         if hit:
             _rebase_data_yaml(out_dir)
-        from sparse_core.tracking import lineage_tags
 
         metrics = {"images_train": result["images"].get("train", 0), "images_val": result["images"].get("val", 0),
                    "instances": result.get("instances", 0)}
-        _log_outcome(tracker, hit, key, metrics=metrics, tags=lineage_tags(data_hash=result["content_hash"]),
+        _log_outcome(tracker, hit, key, metrics=metrics, tags=_lineage(tracker, data_hash=result["content_hash"]),
                      artifacts=[out_dir / "stats.json", out_dir / "data.yaml"])
         return result
 
@@ -549,9 +556,7 @@ def _train_stage(stage: str, model: str, model_sha: str, base: str, data_yaml: P
                                 data_hash, base)
 
     result, hit, key = cached(stage, parts, out_dir, compute, cache_dir)
-    from sparse_core.tracking import lineage_tags
-
-    tags = lineage_tags(recipe=stage_yaml, data_hash=data_hash, base=base)
+    tags = _lineage(tracker, recipe=stage_yaml, data_hash=data_hash, base=base)
     if full_recipe_yaml is not None:
         tags["recipe_full_sha256"] = result.get("recipe_full_sha256", "")
     _log_outcome(tracker, hit, key, metrics={k: result[k] for k in ("map50", "map50_95", "sparsity", "train_seconds")
@@ -736,10 +741,9 @@ def export_model(model: str, out: str, imgsz: int = 0, batch: int = 1, opset: in
             return {k: v for k, v in info.items() if k != "source"}
 
         result, hit, key = cached(step, parts, out_dir, compute, cache_dir)
-        from sparse_core.tracking import lineage_tags
         from sparse_core.tracking.keys import TAG_ONNX_SHA256
 
-        tags = lineage_tags(recipe=(out_dir / "recipe.yaml").read_text() if (out_dir / "recipe.yaml").is_file()
+        tags = _lineage(tracker, recipe=(out_dir / "recipe.yaml").read_text() if (out_dir / "recipe.yaml").is_file()
                             else None, data_hash=summary.get("data_hash"), base=summary.get("base"))
         tags[TAG_ONNX_SHA256] = result.get("sha256", "")
         metrics = {"size_mb": result.get("size_bytes", 0) / 1e6, "size_gzip_mb": result.get("size_gzip_bytes", 0) / 1e6,
@@ -813,7 +817,7 @@ def register_model(model: str, benchmark: str, name: str, alias: str = "candidat
         raise UserError(f"tags: {tags!r}; expected a JSON object")
     params = {"name": name, "alias": alias, **{f"tag.{k}": v for k, v in extra.items()}}
     with step_run(step, params, mlflow_uri, experiment, parent_run_id) as tracker:
-        from sparse_core.tracking import lineage_tags, registry
+        from sparse_core.tracking import registry
         from sparse_core.tracking.keys import TAG_ONNX_SHA256, TAG_RECIPE_SHA256
 
         if not tracker.enabled:
@@ -826,7 +830,7 @@ def register_model(model: str, benchmark: str, name: str, alias: str = "candidat
                    if isinstance(summary.get(k), (int, float))}
         metrics.update(bench_metrics(bench))
         tracker.log_metrics(metrics)
-        lineage = lineage_tags(recipe=(deploy / "recipe.yaml").read_text() if (deploy / "recipe.yaml").is_file()
+        lineage = _lineage(tracker, recipe=(deploy / "recipe.yaml").read_text() if (deploy / "recipe.yaml").is_file()
                                else None, data_hash=summary.get("data_hash"), base=summary.get("base"))
         tracker.set_tags({**lineage, **{str(k): str(v) for k, v in extra.items()}})
         tracker.flush(timeout=60)
