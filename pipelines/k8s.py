@@ -90,6 +90,10 @@ def configure(task, step: str, k8s: K8sSettings | None):
         return task
     from kfp import kubernetes
 
+    # manifests' NetworkPolicies let only pods with this label reach MLflow and S3
+    from sparse_core.cluster import STEP_POD_LABEL
+
+    kubernetes.add_pod_label(task, *STEP_POD_LABEL)
     kubernetes.use_secret_as_env(task, k8s.s3_secret, S3_ENV)
     kubernetes.use_secret_as_env(task, k8s.mlflow_secret, MLFLOW_ENV, optional=True)
     kubernetes.use_config_map_as_env(task, k8s.config_map, {k: k for k in CONFIG_ENV}, optional=True)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from sparse_core.errors import UserError
+from sparse_core.tracking.record import bench_metrics
 
 ERRORS_ENV = "SPARSEPIPE_STEP_ERRORS"
 TAG_STEP = "sparsepipe.step"
@@ -792,14 +793,6 @@ def benchmark(model: str, out: str, engine: str = "onnxruntime", threads: int = 
         shutil.rmtree(out_path.parent / f".{out_path.name}.d", ignore_errors=True)
         _log_outcome(tracker, hit, key, metrics=bench_metrics(result), artifacts=[out_path])
         return result
-
-
-def bench_metrics(result: dict) -> dict:
-    """The standard benchmark metric keys (sparse_core.tracking.keys) from a benchmark result."""
-    lat = result.get("latency_ms", {})
-    return {"images_per_s": result.get("images_per_s", 0.0), "latency_p50_ms": lat.get("p50", 0.0),
-            "latency_p90_ms": lat.get("p90", 0.0), "size_mb": result.get("size_mb", 0.0),
-            "size_gzip_mb": result.get("size_gzip_mb", 0.0)}
 
 
 def register_model(model: str, benchmark: str, name: str, alias: str = "candidate", tags: str = "",

@@ -18,6 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+from sparse_core.cluster import STEP_POD_LABEL
 import yaml
 
 from pipelines.k8s import GPU_STEPS, RESOURCES, K8sSettings
@@ -150,6 +152,8 @@ def test_images_resources_secrets_gpu_retries(compiled, name):
                                                                              "AWS_ENDPOINT_URL_S3"}
         assert not any(e["name"].startswith(("AWS_SECRET", "MLFLOW_TRACKING_PASSWORD")) for e in container.get("env", []))
         assert k8s["pvcMount"][0]["mountPath"] == settings.data_mount
+        # the manifests' NetworkPolicies only let pods with this label reach MLflow and S3
+        assert k8s["podMetadata"]["labels"] == {"sparsepipe.io/pipeline-step": "true"} == dict([STEP_POD_LABEL])
         assert k8s["pvcMount"][0]["pvcNameParameter"]["runtimeValue"]["constant"] == settings.data_pvc
         env = {e["name"]: e["value"] for e in container.get("env", [])}
         assert env["SPARSEPIPE_STEP_CACHE"].startswith(settings.data_mount)
