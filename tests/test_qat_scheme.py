@@ -131,7 +131,7 @@ def test_bad_quantization_fields():
     four_bit = base + "    scheme:\n      weights:\n        num_bits: 4\n"
     with pytest.raises(NotSupportedYet, match="num_bits: 4"):
         prepare(yolo("yolov8n.yaml"), quant_modifier("", text=four_bit), "r.yaml:2")
-    with pytest.raises(TypeError, match="Concat: input fake quantization needs a tensor input"):
+    with pytest.raises(UserError, match="Concat: input fake quantization needs a tensor input"):
         m = yolo("yolov8n.yaml")
         prepare(m, quant_modifier("", text=base), "r.yaml:2")  # nothing ignored: Concat gets input quant
         m(torch.zeros(1, 3, 64, 64))
