@@ -40,6 +40,15 @@ def interpolate(epoch: float, start: float, end: float, y0: float, y1: float, in
     return y0 + y * (y1 - y0)
 
 
+def gmp_update_due(mod, ended: bool, next_update: int, epoch: float) -> bool:
+    """GMP's schedule: an update is due at start_epoch, every update_frequency epochs after it, and at end_epoch."""
+    if ended or epoch + _EPS < mod.start_epoch:
+        return False
+    if epoch + _EPS >= mod.end_epoch:
+        return True
+    return epoch + _EPS >= mod.start_epoch + next_update * mod.update_frequency
+
+
 def magnitude_mask(weight: torch.Tensor, mask: torch.Tensor | None, sparsity: float) -> torch.Tensor:
     """Bool mask keeping the largest |w| so that exactly round(sparsity * numel) entries are pruned."""
     scores = weight.detach().abs().flatten().float()
@@ -153,12 +162,7 @@ class GMPExecutor(PruningExecutor):
         return interpolate(epoch, m.start_epoch, m.end_epoch, self.init[name], self.final[name], m.inter_func)
 
     def due(self, epoch: float) -> bool:
-        m = self.mod
-        if self.ended or epoch + _EPS < m.start_epoch:
-            return False
-        if epoch + _EPS >= m.end_epoch:
-            return True
-        return epoch + _EPS >= m.start_epoch + self.next_update * m.update_frequency
+        return gmp_update_due(self.mod, self.ended, self.next_update, epoch)
 
     def update(self, epoch: float) -> bool:
         if not self.due(epoch):

@@ -24,7 +24,7 @@ import math
 import torch
 
 from sparse_core.errors import NotSupportedYet, UserError
-from sparse_core.modifiers.pruning import PruningExecutor, interpolate
+from sparse_core.modifiers.pruning import PruningExecutor, gmp_update_due, interpolate
 from sparse_core.modifiers.selectors import resolve_params
 from sparse_core.recipe.schemas import FROM_PARAM_TOKEN
 from sparse_core.structured.graph import ChannelGraph, Group, trace
@@ -131,12 +131,7 @@ class StructuredGMPExecutor(PruningExecutor):
 
     # -- schedule (as GMPExecutor) --------------------------------------------------------------------------------
     def due(self, epoch: float) -> bool:
-        m = self.mod
-        if self.ended or epoch + _EPS < m.start_epoch:
-            return False
-        if epoch + _EPS >= m.end_epoch:
-            return True
-        return epoch + _EPS >= m.start_epoch + self.next_update * m.update_frequency
+        return gmp_update_due(self.mod, self.ended, self.next_update, epoch)
 
     def _init_sparsities(self) -> None:
         if self.init:
