@@ -3,7 +3,8 @@
 Runs dense and pruned trainings alternately (A B A B ...) in fresh subprocesses on one generated data set, so
 machine noise hits both alike; reports the median epoch time of each, their ratio (target <= 1.10) and peak RSS.
 
-    .venv/bin/python benchmarks/train_overhead.py [--pairs 2] [--epochs 3] [--imgsz 128] [--images 64]
+    .venv/bin/python benchmarks/train_overhead.py [--pairs 2] [--epochs 3] [--imgsz 128] [--images 128]
+        [--update-frequency 1.0]
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ pruning_modifiers:
     final_sparsity: 0.8
     start_epoch: 0
     end_epoch: {epochs}
-    update_frequency: 0.25
+    update_frequency: {freq}
 """
 
 
@@ -42,7 +43,7 @@ def run(kind: str, data: Path, root: Path, args, i: int) -> tuple[float, float]:
            "--no-plots", "--epochs", str(args.epochs)]
     if kind == "pruned":
         recipe = root / "gmp.yaml"
-        recipe.write_text(RECIPE.format(epochs=args.epochs))
+        recipe.write_text(RECIPE.format(epochs=args.epochs, freq=args.update_frequency))
         cmd += ["--recipe", str(recipe)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS
@@ -61,7 +62,8 @@ def main() -> int:
     p.add_argument("--pairs", type=int, default=2)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--imgsz", type=int, default=128)
-    p.add_argument("--images", type=int, default=64)
+    p.add_argument("--images", type=int, default=128)
+    p.add_argument("--update-frequency", type=float, default=1.0, help="GMP mask updates per epoch^-1 (seed 002: 1.0)")
     args = p.parse_args()
     from sparse_core.data.synth import synth_dataset
 
@@ -79,7 +81,8 @@ def main() -> int:
     out = {"dense_s_per_epoch": round(dense, 3), "pruned_s_per_epoch": round(pruned, 3),
            "ratio": round(pruned / dense, 3), "target": 1.10, "dense_peak_rss_mb": round(peak["dense"], 1),
            "pruned_peak_rss_mb": round(peak["pruned"], 1), "imgsz": args.imgsz, "images": args.images,
-           "epochs": args.epochs, "pairs": args.pairs}
+           "epochs": args.epochs, "pairs": args.pairs,
+           "update_frequency": args.update_frequency}
     print(f"pruning recipe / dense epoch time: {out['ratio']:.3f} (target <= 1.10); peak RSS dense "
           f"{out['dense_peak_rss_mb']:.0f} MB, pruned {out['pruned_peak_rss_mb']:.0f} MB")
     print(json.dumps(out))
