@@ -95,17 +95,24 @@ def main() -> int:
     from sparse_core.export import export_model
     from sparse_core.tracking.registry import pull_model
 
+    dense_map50 = json.loads((runs / "base" / "summary.json").read_text())["map50"]
     dense_dir = HOME / "deploy" / "dense"
     if not (dense_dir / "model.onnx").exists():
         export_model(runs / "base" / "weights" / "best.pt", dense_dir, imgsz=IMGSZ)
     pulled = pull_model("yolov8n-shapes@candidate", HOME / "deploy" / "registered", tracking_uri=mlflow_uri)
     cmp = benchmark(pulled, compare=dense_dir, seconds=10)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_uri)
+    version = client.get_model_version_by_alias("yolov8n-shapes", "candidate")
+    map50 = client.get_run(version.run_id).data.metrics.get("map50", float("nan"))
     done(t0)
     print(json.dumps({k: v for k, v in result.items() if k != "steps"}, indent=2, default=str))
     for step in result.get("steps", []):
         print(f"    step {step.get('step', '?'):<18} {step.get('status', '')}")
     print(f"""
-    registered model vs dense base: {cmp['speedup']:.2f}x images/s, {cmp['size_ratio_gzip']:.1f}x smaller (gzip),
+    registered model (version {version.version}) vs dense base: mAP50 {map50:.3f} vs {dense_map50:.3f},
+    {cmp['speedup']:.2f}x images/s, {cmp['size_ratio_gzip']:.1f}x smaller (gzip),
     {cmp['images_per_s']:.1f} vs {cmp['compare']['images_per_s']:.1f} img/s (onnxruntime, {cmp['threads']} threads)""")
     print(f"""
     MLflow UI:         .venv/bin/mlflow ui --backend-store-uri {mlflow_uri} --port 5000
