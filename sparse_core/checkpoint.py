@@ -12,12 +12,12 @@ Keeping Ultralytics' layout means ``YOLO("best.pt")`` still loads our files; the
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from sparse_core.atomic import atomic_file
 from sparse_core.errors import UserError
 
 
@@ -48,14 +48,6 @@ def sparsepipe_meta(ckpt: dict[str, Any]) -> dict[str, Any]:
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     """torch.save to a temp file in the same folder, then rename: a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return Path(path)

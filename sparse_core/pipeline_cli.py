@@ -22,6 +22,7 @@ import time
 import uuid
 from pathlib import Path
 
+from sparse_core.atomic import atomic_file
 from sparse_core.errors import UserError
 
 HEALTH_PATH = "/apis/v2beta1/healthz"
@@ -152,17 +153,11 @@ def compile_pipeline(name: str, out: str | os.PathLike, k8s=None) -> Path:
     from kfp import compiler
 
     func = _pipeline(name, k8s)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".yaml", dir=out.parent)
-    os.close(fd)
-    try:
-        compiler.Compiler().compile(func, tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+    with atomic_file(out) as tmp:
+        yaml_tmp = tmp.with_suffix(".yaml")  # the compiler picks the format from the suffix
+        compiler.Compiler().compile(func, str(yaml_tmp))
+        os.replace(yaml_tmp, tmp)
+    return Path(out)
 
 
 def _compile(args) -> int:

@@ -19,7 +19,7 @@ import yaml
 from PIL import Image
 
 from sparse_core.data import coco, voc, yolo
-from sparse_core.data.atomic import atomic_dir
+from sparse_core.atomic import atomic_dir
 from sparse_core.data.hashing import content_hash, dataset_hash, normalize_label_text  # noqa: F401 (re-export)
 from sparse_core.data.labels import Item, Problems, format_object
 from sparse_core.errors import UserError

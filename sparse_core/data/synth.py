@@ -15,7 +15,7 @@ import numpy as np
 import yaml
 from PIL import Image, ImageDraw
 
-from sparse_core.data.atomic import atomic_dir
+from sparse_core.atomic import atomic_dir
 from sparse_core.errors import UserError
 
 # class k: SHAPES[k % len] in COLOURS[k % len]; both cycle so neighbouring classes differ in shape AND colour

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from sparse_core import __version__
-from sparse_core.data.atomic import atomic_dir
+from sparse_core.atomic import atomic_dir
 from sparse_core.data.hashing import file_sha256
 from sparse_core.errors import UserError
 from sparse_core.zoo import cache

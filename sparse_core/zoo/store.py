@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
+from sparse_core.atomic import atomic_file
 from sparse_core.errors import UserError
 
 
@@ -58,16 +58,8 @@ class LocalStore:
             shutil.copyfileobj(f, fileobj, 1 << 20)
 
     def upload(self, key: str, path: Path) -> None:
-        dest = self.root / key
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-        os.close(fd)
-        try:
+        with atomic_file(self.root / key) as tmp:
             shutil.copyfile(path, tmp)
-            os.replace(tmp, dest)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
 
 class S3Store:

@@ -1,4 +1,4 @@
-"""Write a folder atomically: build it in a hidden temp sibling, then rename it into place.
+"""Atomic outputs: build a folder or file under a hidden temp name next to it, then rename it into place.
 
 A crash or a validation error leaves nothing at the destination (only, at worst, a hidden ``.name.tmp-*`` folder
 that the ``finally`` removes).
@@ -43,3 +43,18 @@ def atomic_dir(out: str | os.PathLike, replace_if=None) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp file path next to ``path``; on success rename it to ``path`` (a crash leaves no partial file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
