@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from sparse_core.atomic import atomic_file
 from sparse_core.errors import UserError
 
 
@@ -36,20 +37,14 @@ def blob(store, key: str, sha256: str, size: int, label: str) -> Path:
     dest = blobs / sha256
     if dest.is_file() and dest.stat().st_size == size:
         return dest
-    blobs.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{sha256[:16]}.", dir=blobs)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with atomic_file(dest) as tmp:  # renamed into the cache only once verified
+        with open(tmp, "wb") as f:
             store.download(key, f)
-        got, got_size = _sha256_file(Path(tmp))
+        got, got_size = _sha256_file(tmp)
         if got != sha256 or got_size != size:
             raise UserError(f"{label}: sha256 mismatch for {store.uri}/{key}: expected sha256 {sha256} ({size} "
                             f"bytes), got sha256 {got} ({got_size} bytes); refusing the tampered or corrupted "
                             "object")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return dest
 
 
