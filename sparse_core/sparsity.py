@@ -22,6 +22,11 @@ def weight_sparsity(model: torch.nn.Module, names: Iterable[str] | None = None) 
     if names is not None:
         wanted = set(names)
         weights = {n: w for n, w in weights.items() if n in wanted}
+    return zero_fractions(weights)
+
+
+def zero_fractions(weights: dict[str, torch.Tensor]) -> tuple[float, dict[str, float]]:
+    """(overall, per-tensor) fraction of exact zeros in ``weights``."""
     per_layer, zeros, total = {}, 0, 0
     for name, w in weights.items():
         z = int((w.detach() == 0).sum())

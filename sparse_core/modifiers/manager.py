@@ -21,6 +21,7 @@ from sparse_core.modifiers.pruning import ConstantPruningExecutor, GMPExecutor, 
 from sparse_core.modifiers.selectors import prunable_names, resolve_params
 from sparse_core.recipe.recipe import Recipe
 from sparse_core.recipe.schemas import GMPruningModifier, Modifier
+from sparse_core.sparsity import zero_fractions
 
 # type_name -> factory(modifier, manager, where) returning an object with optional methods
 # initialize(epoch), update(epoch) -> bool | None, finalize(), state_dict() -> dict, load_state_dict(dict)
@@ -236,16 +237,7 @@ class RecipeManager:
         if not names:
             names = prunable_names(model)
         params = dict(model.named_parameters())
-        per_layer, zeros, total = {}, 0, 0
-        for name in dict.fromkeys(names):
-            p = params.get(name)
-            if p is None:
-                continue
-            nz = int((p.detach() == 0).sum())
-            per_layer[name] = nz / p.numel()
-            zeros += nz
-            total += p.numel()
-        return (zeros / total if total else 0.0), per_layer
+        return zero_fractions({name: params[name] for name in dict.fromkeys(names) if name in params})
 
     # ------------------------------------------------------------------------------------------------ state
 

@@ -257,12 +257,9 @@ def _train_and_summarise(trainer, save_dir: Path) -> dict:
     ckpt = load_checkpoint(weights)
     model = checkpoint_model(ckpt)
     meta = sparsepipe_meta(ckpt)
-    selected = None
-    if trainer.manager is not None and getattr(trainer.manager, "pruned_names", None):
-        selected = trainer.manager.pruned_names
     from sparse_core.sparsity import weight_sparsity
 
-    overall, per_layer = weight_sparsity(model, selected)
+    overall, per_layer = weight_sparsity(model)
     metrics = {k: float(v) for k, v in (trainer.metrics or {}).items() if isinstance(v, (int, float))}
     summary = {
         "map50": metrics.get("metrics/mAP50(B)", 0.0),
