@@ -52,7 +52,7 @@ def training_callbacks(tracker, recipe, params: dict) -> list:
         metrics.update(getattr(trainer, "lr", {}) or {})
         if trainer.sparsity_history:
             metrics["sparsity"] = trainer.sparsity_history[-1][1]
-        tracker.log_metrics({k: float(v) for k, v in metrics.items() if _is_number(v)}, step=int(trainer.epoch))
+        tracker.log_metrics(metrics, step=int(trainer.epoch))  # the tracker converts (and skips non-numbers)
 
     return [("on_pretrain_routine_end", on_setup), ("on_fit_epoch_end", on_epoch)]
 
@@ -75,12 +75,3 @@ def log_run_artifacts(tracker, recipe, save_dir: Path, summary: dict) -> None:
         tracker.log_artifact(png, "plots")
     final = {k: summary[k] for k in ("map50", "map50_95", "mask_map50", "mask_map50_95", "sparsity") if k in summary}
     tracker.log_metrics(final)
-
-
-def _is_number(v) -> bool:
-    try:
-        float(v)
-        return True
-    except (TypeError, ValueError):
-        return False
-
