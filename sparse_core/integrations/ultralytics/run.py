@@ -66,9 +66,11 @@ def _check_onnx(path: Path) -> None:
     import onnx
 
     try:
-        onnx.load(str(path), load_external_data=False)
+        proto = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # protobuf DecodeError, truncated file, ...
         raise UserError(f"{path}: not a readable ONNX model ({type(err).__name__})") from None
+    if not proto.graph.node or not proto.graph.input:
+        raise UserError(f"{path}: not an ONNX model (no graph); expected a file written by 'sparsepipe export'")
 
 
 def _model_task(model: str, ckpt: dict | None) -> str:
