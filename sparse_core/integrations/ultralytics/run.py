@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -49,7 +50,27 @@ def _check_data(data: str | os.PathLike) -> dict:
             target = Path(entry) if Path(entry).is_absolute() else root / entry
             if not target.exists():
                 raise UserError(f"{path}: field '{key}': {target} does not exist")
+            if target.is_dir() and not _has_image(target):
+                raise UserError(f"{path}: field '{key}': {target} holds no images (expected .jpg/.png/... files)")
     return cfg
+
+
+def _has_image(folder: Path) -> bool:
+    from sparse_core.data.labels import IMAGE_EXTS
+
+    return any(p.suffix.lower() in IMAGE_EXTS for p in folder.rglob("*"))
+
+
+def _check_onnx(path: Path) -> None:
+    """A file onnxruntime cannot parse is bad input: say so before Ultralytics logs anything."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # protobuf DecodeError, truncated file, ...
+        raise UserError(f"{path}: not a readable ONNX model ({type(err).__name__})") from None
+    if not proto.graph.node or not proto.graph.input:
+        raise UserError(f"{path}: not an ONNX model (no graph); expected a file written by 'sparsepipe export'")
 
 
 def _model_task(model: str, ckpt: dict | None) -> str:
@@ -148,6 +169,7 @@ def train(
     recipe_epochs = rec.num_epochs() if rec is not None else None
     n_epochs = math.ceil(recipe_epochs) if recipe_epochs else (epochs or 100)
     save_dir = (Path(project) / name).resolve()
+    fresh = not save_dir.exists()
     args = {
         "model": model,
         "data": str(Path(data).resolve()),
@@ -178,7 +200,7 @@ def train(
               "gradient_accum_steps": gradient_accum_steps}
     sparse = SparseRun(recipe=rec, seed=seed, meta=run_meta, teacher=teacher,
                        callbacks=[*training_callbacks(tracker, rec, params), *(callbacks or [])])
-    return _run(TRAINERS[task](overrides=args, sparse=sparse), save_dir, tracker)
+    return _run(TRAINERS[task](overrides=args, sparse=sparse), save_dir, tracker, remove_on_failure=fresh)
 
 
 def _start_tracker(uri, experiment, name, parent_run_id, rec, data, run_meta, run_id=None):
@@ -230,13 +252,18 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _run(trainer, save_dir: Path, tracker) -> dict:
-    """Train, summarise and record; the MLflow run ends FAILED if anything goes wrong."""
+def _run(trainer, save_dir: Path, tracker, remove_on_failure: bool = False) -> dict:
+    """Train, summarise and record; the MLflow run ends FAILED if anything goes wrong.
+
+    A new run that fails before its first ``last.pt`` leaves nothing behind (``remove_on_failure``); one with a
+    ``last.pt`` is kept so ``--resume`` can continue it."""
     try:
         summary = _train_and_summarise(trainer, save_dir)
         log_run_artifacts(tracker, trainer.sparse.recipe, save_dir, summary)
     except BaseException:
         tracker.finish("FAILED")
+        if remove_on_failure and not (save_dir / "weights" / "last.pt").exists():
+            shutil.rmtree(save_dir, ignore_errors=True)
         raise
     tracker.finish()
     return summary
@@ -250,8 +277,8 @@ def _train_and_summarise(trainer, save_dir: Path) -> dict:
     try:
         trainer.train()
     except RuntimeError as err:
-        if "Dataset" in str(err) and "error" in str(err):
-            raise UserError(str(err).splitlines()[0]) from None
+        if ("Dataset" in str(err) and "error" in str(err)) or "No valid images found" in str(err):
+            raise UserError(f"{trainer.args.data}: {str(err).splitlines()[0]}") from None
         raise
     weights = Path(trainer.best if trainer.best.exists() else trainer.last)
     ckpt = load_checkpoint(weights)
@@ -311,6 +338,7 @@ def val(weights: str, data: str | None = None, imgsz: int | None = None, batch: 
     elif path.suffix == ".onnx":
         if (path.parent / "data.yaml").is_file():
             deploy_cfg = yaml.safe_load((path.parent / "data.yaml").read_text()) or {}
+        _check_onnx(path)
         task = deploy_cfg.get("task", task)
         imgsz = imgsz or deploy_cfg.get("imgsz") or 640
         batch = 1  # exported graphs have a static batch
