@@ -28,7 +28,7 @@ services:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
 
 demo: install
-	$(BIN)/python -m sparse_core.demo
+	$(BIN)/python -m pipelines.demo
 
 bench: install
 	$(BIN)/python benchmarks/speed.py

@@ -72,7 +72,7 @@ def main() -> int:
     done(t0, f"zoo at {zoo}")
 
     t0 = stage(3, 4, "run the sparse_transfer pipeline locally (kfp.local)")
-    from sparse_core.pipeline_cli import run_local
+    from pipelines.local import run_local
 
     params = {
         "model": PRUNED_STUB,
