@@ -33,6 +33,7 @@ class Console:
         self.log_path, self.verbose = Path(log_path), verbose
         self.progress_path = self.log_path.with_suffix(".progress.jsonl")
         self._lock = threading.Lock()
+        self._poll_lock = threading.Lock()  # the watcher and ``sync`` read the same offsets
         self._stop = threading.Event()
         self._live: dict | None = None  # the line being redrawn: label, start time, epoch, epochs
         self._offsets = {"log": 0, "progress": 0}
@@ -97,6 +98,12 @@ class Console:
         with self._lock:
             self._finish_live(detail)
 
+    def sync(self) -> None:
+        """Take in what the log and progress file hold now (the watcher polls only every half second)."""
+        if not self.verbose:
+            sys.stdout.flush()
+            self._poll()
+
     # ------------------------------------------------------------------------------------------ internals
 
     def _write(self, text: str) -> None:
@@ -123,10 +130,19 @@ class Console:
             self._live = None
 
     def _watch(self) -> None:
+        ticks = 0
         while not self._stop.wait(0.5):
             self._poll()
+            ticks += 1
+            if ticks % 2 == 0:  # the clock on the live line moves every second, between epochs too
+                with self._lock:
+                    self._draw()
 
     def _poll(self) -> None:
+        with self._poll_lock:
+            self._poll_files()
+
+    def _poll_files(self) -> None:
         for kind, path, handle in (("log", self.log_path, self._on_log_line),
                                    ("progress", self.progress_path, self._on_progress_line)):
             try:

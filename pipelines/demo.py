@@ -52,7 +52,7 @@ class Stages:
         self.t0 = time.time()
 
     def done(self, text: str = "") -> None:
-        self.con.line(f"    done in {time.time() - self.t0:.0f}s {text}")
+        self.con.line(f"    done in {time.time() - self.t0:.0f}s {text}".rstrip())
 
 
 def make_data(st: Stages) -> None:
@@ -108,6 +108,7 @@ def run_pipeline(st: Stages) -> dict:
     try:
         result = run_local("sparse_transfer", params, pipeline_root=HOME / "kfp-local")
     finally:
+        st.con.sync()  # the last step's "finished" line
         st.con.end()  # a failing step's line
     st.done(f"status {result['status']}")
     return result

@@ -24,7 +24,8 @@ SCRIPT = textwrap.dedent('''
         print("Executing task \\x1b[96m'export-model'\\x1b[0m")
         time.sleep(0.6)
         print("Task \\x1b[96m'export-model'\\x1b[0m finished with status \\x1b[92mSUCCESS\\x1b[0m")
-        time.sleep(0.6)
+        con.sync()  # at once, not at the watcher's next poll
+        con.end()
         con.line("    done")
     print("after the console: terminal again")
 ''')
