@@ -27,8 +27,9 @@ test: install services
 services:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
 
+# Quiet: a line per stage and step, the full output in a log file (its path is printed). VERBOSE=1 prints it all.
 demo: install
-	$(BIN)/python -m sparse_core.demo
+	$(BIN)/python -m pipelines.demo $(if $(VERBOSE),--verbose)
 
 bench: install
 	$(BIN)/python benchmarks/speed.py

@@ -25,7 +25,8 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 
 from sparse_core.errors import UserError  # noqa: E402
 
-# subcommand name -> module that registers it
+# subcommand name -> module that registers it. "pipeline" and "cluster" live beside the pipelines (they need kfp and
+# kubernetes): this mapping names them as strings for importlib, and sparse_core never imports them.
 COMMANDS = {
     "recipe": "sparse_core.recipe.cli",
     "train": "sparse_core.integrations.ultralytics.cli",
@@ -35,8 +36,8 @@ COMMANDS = {
     "data": "sparse_core.data.cli",
     "zoo": "sparse_core.zoo.cli",
     "models": "sparse_core.tracking.cli",
-    "pipeline": "sparse_core.pipeline_cli",
-    "cluster": "sparse_core.cluster",
+    "pipeline": "pipelines.cli",
+    "cluster": "pipelines.cluster",
 }
 # OS errors on a path the user named are bad input, not a bug in sparsepipe
 _USER_OS_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
