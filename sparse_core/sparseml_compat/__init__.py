@@ -2,10 +2,11 @@
 SparseZoo-layout folders into entries of our zoo.
 
 Public API: ``is_sparseml_checkpoint(path)``, ``read_checkpoint(path)``, ``import_sparseml(path, out)`` and
-``zoo_import(folder, stub)``. ``is_sparseml_checkpoint`` + ``import_sparseml`` are the hook ``--model CKPT`` uses.
+``zoo_import(folder, stub)``. ``resolve_sparseml`` (``is_sparseml_checkpoint`` + ``import_sparseml``, cached) is the hook behind ``--model``
+/``--weights`` in train, val and export.
 """
 
-from sparse_core.sparseml_compat.importer import import_sparseml
+from sparse_core.sparseml_compat.importer import import_sparseml, resolve_sparseml
 from sparse_core.sparseml_compat.reader import SparseMLCheckpoint, is_sparseml_checkpoint, read_checkpoint
 
-__all__ = ["SparseMLCheckpoint", "import_sparseml", "is_sparseml_checkpoint", "read_checkpoint"]
+__all__ = ["SparseMLCheckpoint", "import_sparseml", "is_sparseml_checkpoint", "read_checkpoint", "resolve_sparseml"]

@@ -160,3 +160,19 @@ def _summary(ck, model, meta, resumable: bool, note: str) -> dict[str, Any]:
     return {"source": str(ck.path), "checkpoint": WEIGHTS, "epoch": ck.epoch, "recipe_epoch": meta["recipe_epoch"],
             "quantized": meta["quantized"], "weights": ck.state_key, "sparsity": overall, "resumable": resumable,
             "note": "" if resumable else note}
+
+
+def resolve_sparseml(path: str | os.PathLike) -> Path:
+    """The ``--model``/``--weights`` hook: a SparseML checkpoint → our import of it (cached by the file's sha256
+    under the sparsepipe cache); any other path is returned unchanged."""
+    from sparse_core.sparseml_compat.reader import is_sparseml_checkpoint
+
+    path = Path(path)
+    if path.suffix != ".pt" or not is_sparseml_checkpoint(path):
+        return path
+    from sparse_core.zoo.cache import cache_root
+
+    out = cache_root().parent / "sparseml-imports" / file_sha256(path)[:16]
+    if not (out / "import.json").is_file():
+        import_sparseml(path, out)
+    return out / WEIGHTS

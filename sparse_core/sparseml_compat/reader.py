@@ -31,7 +31,7 @@ _REPR_LINE = re.compile(r"^(\s+[A-Za-z_][A-Za-z0-9_]*: )(\[.*\]|\{.*\})\s*$")
 
 
 def _numpy_globals() -> list:
-    """numpy scalar reconstructor + dtypes, under the names numpy 1.x wrote them (SparseML pins numpy < 2)."""
+    """numpy scalar reconstructor + dtypes, under the names numpy 1.x (SparseML's pin) and numpy 2 write them."""
     import numpy as np
 
     try:
@@ -39,7 +39,7 @@ def _numpy_globals() -> list:
     except ImportError:  # numpy 1.x
         from numpy.core.multiarray import scalar
     dtypes = [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
-    return [(scalar, "numpy.core.multiarray.scalar"), np.dtype, *dtypes]
+    return [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"), np.dtype, *dtypes]
 
 
 def _load(path: Path) -> Any:

@@ -68,6 +68,9 @@ def _resolve_model(model: str, zoo: str | None) -> tuple[str, dict | None]:
     if not model.endswith(MODEL_SUFFIXES):
         raise UserError(f"--model {model}: expected an Ultralytics model yaml, a .pt checkpoint or a zoo: stub")
     if model.endswith(".pt"):
+        from sparse_core.sparseml_compat import resolve_sparseml
+
+        model = str(resolve_sparseml(model))  # a SparseML checkpoint trains from our import of it
         return model, load_checkpoint(model)
     from ultralytics.nn.tasks import yaml_model_load
 
@@ -304,6 +307,9 @@ def val(weights: str, data: str | None = None, imgsz: int | None = None, batch: 
     task = "detect"
     deploy_cfg = {}
     if path.suffix == ".pt":
+        from sparse_core.sparseml_compat import resolve_sparseml
+
+        path = resolve_sparseml(path)  # a SparseML checkpoint is validated through our import of it
         ckpt = load_checkpoint(path)
         task = _model_task(str(path), ckpt)
         imgsz = imgsz or sparsepipe_meta(ckpt).get("imgsz") or ckpt.get("train_args", {}).get("imgsz") or 640
