@@ -139,8 +139,7 @@ def test_training_continues_with_the_carried_recipe(sml, data, tmp_path, name):
     after_ckpt = load_checkpoint(src / "weights" / "last.pt")
     after = checkpoint_model(after_ckpt)
     assert _layer_sparsity(after) == _layer_sparsity(before)  # sparsity held
-    moved = max(float((a - b).abs().max()) for a, b in zip(after.state_dict().values(), before.state_dict().values())
-                if a.is_floating_point())
+    moved = max(float((a.detach() - b.detach()).abs().max()) for a, b in zip(after.parameters(), before.parameters()))
     assert moved > 0  # it trained
     meta = sparsepipe_meta(after_ckpt)
     assert meta["sparseml_source"]["epoch"] == 1  # lineage kept
@@ -208,7 +207,8 @@ def test_zoo_import_then_seed000_train_command(sml, data, tmp_path):
     # seed 000 (custom data set form), only `sparseml.ultralytics.train` -> `sparsepipe train`; shortened with
     # --recipe_args, 64 px images and no loader workers
     r = _run("train", "--model", SEED000_MODEL, "--recipe", SEED000_RECIPE, "--data", str(data),
-             "--recipe_args", '{"num_epochs": 2, "qat_start_epoch": 1, "observer_freeze_epoch": 2, "bn_freeze_epoch": 2}',
+             "--recipe_args",
+             '{"num_epochs": 2, "qat_start_epoch": 1, "observer_freeze_epoch": 2, "bn_freeze_epoch": 2}',
              "--batch", "8", "--imgsz", "64", "--workers", "0", "--no-plots", "--json", env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(r.stdout.strip().splitlines()[-1])

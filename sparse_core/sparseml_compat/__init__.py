@@ -1,9 +1,8 @@
 """Coming from SparseML 1.x: read its checkpoints without SparseML, import them as sparsepipe checkpoints, and turn
-SparseZoo-layout folders into entries of our zoo.
+SparseZoo-layout folders into entries of our zoo (``zoo_import.zoo_import``).
 
-Public API: ``is_sparseml_checkpoint(path)``, ``read_checkpoint(path)``, ``import_sparseml(path, out)`` and
-``zoo_import(folder, stub)``. ``resolve_sparseml`` (``is_sparseml_checkpoint`` + ``import_sparseml``, cached) is the hook behind ``--model``
-/``--weights`` in train, val and export.
+``resolve_sparseml(path)`` (``is_sparseml_checkpoint`` + ``import_sparseml``, cached by sha256) is the hook behind
+``--model`` / ``--weights`` in train, val and export.
 """
 
 from sparse_core.sparseml_compat.importer import import_sparseml, resolve_sparseml

@@ -105,7 +105,8 @@ def map_optimizer(saved: dict | None, float_model: torch.nn.Module) -> tuple[dic
             if entry is not None:
                 buf = entry.get("momentum_buffer")
                 if torch.is_tensor(buf) and buf.shape != params[name].shape:
-                    return None, f"optimizer state of {name}: shape {tuple(buf.shape)}, param {tuple(params[name].shape)}"
+                    return None, (f"optimizer state of {name}: shape {tuple(buf.shape)}, "
+                                  f"param {tuple(params[name].shape)}")
                 state[index] = {k: (float(v) if hasattr(v, "dtype") and not torch.is_tensor(v) else v)
                                 for k, v in entry.items()}
             new_ids.append(index)

@@ -6,8 +6,9 @@ finished epoch, -1 when the recipe finished), ``optimizer`` (state dict), ``trai
 The only globals such a file needs beyond tensors are numpy scalars/dtypes (``best_fitness`` and SGD's momentum are
 numpy floats); exactly those are allow-listed.
 
-``str(manager)`` writes list/dict fields as Python reprs (``params: ['re:a\\\\.b']``, ``scheme: {..., 'output_activations':
-'null'}``), which YAML reads differently from Python (backslashes stay doubled, ``'null'`` stays a string).
+``str(manager)`` writes list/dict fields as Python reprs (``params: ['re:a\\\\.b']``,
+``scheme: {..., 'output_activations': 'null'}``), which YAML reads differently from Python (backslashes stay
+doubled, ``'null'`` stays a string).
 ``carried_recipe`` re-reads those values with ``ast.literal_eval`` so the recipe means what SparseML meant.
 """
 
@@ -119,11 +120,13 @@ def read_checkpoint(path: str | os.PathLike) -> SparseMLCheckpoint:
         raise UserError(f"{path}: not a SparseML checkpoint; expected a dict with source: 'sparseml'")
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
-        raise UserError(f"{path}: SparseML checkpoint lacks field(s) {', '.join(missing)}; expected {', '.join(REQUIRED)}")
+        raise UserError(f"{path}: SparseML checkpoint lacks field(s) {', '.join(missing)}; "
+                        f"expected {', '.join(REQUIRED)}")
     for key in ("model", "ema"):
         value = ckpt.get(key)
         if value is not None and not (isinstance(value, dict) and all(torch.is_tensor(v) for v in value.values())):
-            raise UserError(f"{path}: field '{key}': expected a state dict (names to tensors), got {type(value).__name__}")
+            raise UserError(f"{path}: field '{key}': expected a state dict (names to tensors), "
+                            f"got {type(value).__name__}")
     if not isinstance(ckpt["model_yaml"], dict) or "backbone" not in ckpt["model_yaml"]:
         raise UserError(f"{path}: field 'model_yaml': expected an Ultralytics model yaml (dict with 'backbone')")
     recipe = ckpt.get("recipe")
