@@ -5,6 +5,7 @@ SparseML's ONNX on onnxruntime, and seed 000's train command runs from `zoo impo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import lzma
 import os
@@ -236,3 +237,19 @@ def test_bad_input_is_one_line_and_writes_nothing(sml, imported, tmp_path):
     r = _run("import", "sparseml", str(bad), "--out", str(out))
     assert r.returncode == 2 and ("does not match" in r.stderr or "shape" in r.stderr), r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_model_and_weights_take_a_sparseml_checkpoint_directly(sml, data, tmp_path):
+    """The --model / --weights hook: SparseML's file is imported once (cached by sha256) and used from there."""
+    env = {"SPARSEPIPE_CACHE": str(tmp_path / "cache")}
+    r = _run("val", "--weights", str(sml["pruned_final"]), "--data", str(data), "--imgsz", "64", "--json", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cached = Path(json.loads(r.stdout.strip().splitlines()[-1])["weights"])
+    assert cached.parent.parent.parent.name == "sparseml-imports" and cached.is_file()
+    stamp = cached.stat().st_mtime_ns
+    r = _run("train", "--model", str(sml["pruned_final"]), "--data", str(data), "--epochs", "1", "--imgsz", "64",
+             "--batch", "8", "--workers", "0", "--no-plots", "--json", env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert cached.stat().st_mtime_ns == stamp  # reused, not imported again
+    last = load_checkpoint(json.loads(r.stdout.strip().splitlines()[-1])["weights"]["last"])
+    assert sparsepipe_meta(last)["sparseml_source"]["sha256"] == hashlib.sha256(sml["pruned_final"].read_bytes()).hexdigest()
