@@ -252,4 +252,5 @@ def test_model_and_weights_take_a_sparseml_checkpoint_directly(sml, data, tmp_pa
     assert r.returncode == 0, r.stderr[-2000:]
     assert cached.stat().st_mtime_ns == stamp  # reused, not imported again
     last = load_checkpoint(json.loads(r.stdout.strip().splitlines()[-1])["weights"]["last"])
-    assert sparsepipe_meta(last)["sparseml_source"]["sha256"] == hashlib.sha256(sml["pruned_final"].read_bytes()).hexdigest()
+    source = sparsepipe_meta(last)["sparseml_source"]
+    assert source["sha256"] == hashlib.sha256(sml["pruned_final"].read_bytes()).hexdigest()
