@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export YOLO_OFFLINE := 1
 export SPARSEPIPE_HOME ?= $(CURDIR)/.sparsepipe
 
-.PHONY: install services test demo bench clean
+.PHONY: install services test demo bench clean sparseml-venv
 
 install: $(STAMP)
 	@# Debian chromium: the MLflow UI compare-page test renders the page headless (~80 s to apt-get once, as root)
@@ -33,6 +33,10 @@ demo: install
 
 bench: install
 	$(BIN)/python benchmarks/speed.py
+
+# SparseML 1.8 in its own venv (torch 2.1, numpy<2), only to regenerate tests/fixtures/sparseml
+sparseml-venv:
+	sh scripts/sparseml_venv.sh $(SPARSEML_VENV)
 
 clean:
 	rm -rf $(VENV) .sparsepipe runs

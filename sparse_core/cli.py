@@ -38,6 +38,7 @@ COMMANDS = {
     "models": "sparse_core.tracking.cli",
     "pipeline": "pipelines.cli",
     "cluster": "pipelines.cluster",
+    "import": "sparse_core.sparseml_compat.cli",
 }
 # OS errors on a path the user named are bad input, not a bug in sparsepipe
 _USER_OS_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)

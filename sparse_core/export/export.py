@@ -186,6 +186,9 @@ def export_model(
             raise UserError("weights: checkpoint dict has no 'model' or 'ema' module")
         weights = "<checkpoint dict>"
     else:
+        from sparse_core.sparseml_compat import resolve_sparseml
+
+        weights = resolve_sparseml(weights)  # a SparseML checkpoint is exported from our import of it
         ckpt = load_checkpoint(weights)
     meta = sparsepipe_meta(ckpt)
     model = copy.deepcopy(checkpoint_model(ckpt))

@@ -9,7 +9,8 @@ What gets published from a folder:
 - run folder (``sparsepipe train``): ``weights/best.pt`` (as ``model.pt``), recipe ``*.yaml``/``*.md`` (files
   holding a ``Modifier``), ``summary.json``, ``args.yaml``;
 - deployment folder (``sparsepipe export``): ``model.onnx``, ``model.pt`` if present, ``recipe.yaml``,
-  ``data.yaml``, ``export.json``.
+  ``data.yaml``, ``export.json``;
+- a model card ``model.md`` when present (SparseZoo folders, ``sparsepipe zoo import``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from sparse_core.zoo.stub import FIELDS, Stub, parse_stub, short_name
 
 MANIFEST = "manifest.json"
 CHECKPOINT_NAMES = ("model.pt", "best.pt", "last.pt")
-_NOT_RECIPES = {"args.yaml", "data.yaml", "dataset.yaml"}
+_NOT_RECIPES = {"args.yaml", "data.yaml", "dataset.yaml", "model.md"}
 
 
 def recipe_type(name: str) -> str:
@@ -73,7 +74,7 @@ def collect(src_dir: Path) -> dict[str, tuple[Path, str]]:
             name = p.name if p.parent == src_dir else f"recipes/{p.name}"
             files[name] = (p, "recipe")
     for name, role in (("summary.json", "summary"), ("export.json", "export"), ("data.yaml", "data"),
-                       ("args.yaml", "config")):
+                       ("args.yaml", "config"), ("model.md", "card")):
         if (src_dir / name).is_file():
             files[name] = (src_dir / name, role)
     return files

@@ -89,6 +89,9 @@ def _resolve_model(model: str, zoo: str | None) -> tuple[str, dict | None]:
     if not model.endswith(MODEL_SUFFIXES):
         raise UserError(f"--model {model}: expected an Ultralytics model yaml, a .pt checkpoint or a zoo: stub")
     if model.endswith(".pt"):
+        from sparse_core.sparseml_compat import resolve_sparseml
+
+        model = str(resolve_sparseml(model))  # a SparseML checkpoint trains from our import of it
         return model, load_checkpoint(model)
     from ultralytics.nn.tasks import yaml_model_load
 
@@ -195,6 +198,8 @@ def train(
 
     teacher = resolve_spec(teacher, zoo)
     run_meta = {"base": base, **(meta or {}), **({"teacher": teacher} if teacher else {})}
+    if ckpt is not None and sparsepipe_meta(ckpt).get("sparseml_source"):  # lineage of an imported SparseML model
+        run_meta["sparseml_source"] = sparsepipe_meta(ckpt)["sparseml_source"]
     tracker = _start_tracker(mlflow, experiment, name, parent_run_id, rec, data, run_meta)
     params = {"base": base, "data_hash": run_meta.get("data_hash"), "recipe_args": rec.args if rec else None,
               "gradient_accum_steps": gradient_accum_steps}
@@ -236,7 +241,7 @@ def _resume(ckpt_path: str, data: str | None, workers: int | None, callbacks: li
         overrides["data"] = str(Path(data).resolve())
     if workers is not None:
         overrides["workers"] = workers
-    keep = {k: meta[k] for k in ("base", "data_hash", "mlflow_run_id", "teacher") if k in meta}
+    keep = {k: meta[k] for k in ("base", "data_hash", "mlflow_run_id", "teacher", "sparseml_source") if k in meta}
     tracker = _start_tracker(mlflow, "sparsepipe", None, None, rec, None, keep, run_id=keep.get("mlflow_run_id"))
     sparse = SparseRun(recipe=rec, seed=int(meta.get("seed", 0)), resume_meta=meta, meta=keep, teacher=keep.get("teacher"),
                        callbacks=[*training_callbacks(tracker, None, {}), *(callbacks or [])])
@@ -331,6 +336,9 @@ def val(weights: str, data: str | None = None, imgsz: int | None = None, batch: 
     task = "detect"
     deploy_cfg = {}
     if path.suffix == ".pt":
+        from sparse_core.sparseml_compat import resolve_sparseml
+
+        path = resolve_sparseml(path)  # a SparseML checkpoint is validated through our import of it
         ckpt = load_checkpoint(path)
         task = _model_task(str(path), ckpt)
         imgsz = imgsz or sparsepipe_meta(ckpt).get("imgsz") or ckpt.get("train_args", {}).get("imgsz") or 640
