@@ -114,8 +114,8 @@ def run_command(func, args: argparse.Namespace, prog: str) -> int:
     debug = getattr(args, "debug", False) or os.environ.get("SPARSEPIPE_DEBUG") == "1"
     try:
         return int(func(args) or 0)
-    except UserError as err:
-        print(f"{prog}: error: {_first_line(err) or type(err).__name__}", file=sys.stderr)
+    except UserError as err:  # its own text: one line, or one line per problem where a check lists them all
+        print(f"{prog}: error: {_ANSI.sub('', str(err)).strip() or type(err).__name__}", file=sys.stderr)
         return err.exit_code
     except _USER_OS_ERRORS as err:
         where = f"{err.filename}: " if err.filename is not None else ""
