@@ -96,7 +96,7 @@ def safe_eval(expr: str | ast.expr, lookup):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (
         isinstance(value, float) and not math.isfinite(value)
     ):
-        raise EvalError(f"eval({_short(expr)}) gave {_short(value)}; expected a finite number")
+        raise EvalError(f"eval({_short(expr)}) gave {_short(repr(value))}; expected a finite number")
     return value
 
 
@@ -121,7 +121,7 @@ def _lookup(name: str, lookup):
 
 def _number(value, what: str) -> int | float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise EvalError(f"{what} is {_short(value)}, not a number")
+        raise EvalError(f"{what} is {_short(repr(value))}, not a number")
     return check_int(value, what) if isinstance(value, int) else value
 
 

@@ -90,7 +90,9 @@ class Variables:
                     done.add(name)
                     order.append(name)
                 elif nxt in on_path:
-                    cycle = " -> ".join(path[path.index(nxt):] + [nxt])
+                    loop = path[path.index(nxt):] + [nxt]
+                    shown = loop if len(loop) <= 8 else loop[:4] + [f"... {len(loop) - 7} more ..."] + loop[-3:]
+                    cycle = " -> ".join(shown)
                     raise UserError(f"{self.label}:{self.where(nxt)}: {nxt}: variables refer to each other in a "
                                     f"cycle ({cycle})")
                 elif nxt not in done:

@@ -253,6 +253,8 @@ def load_yaml(text: str, label: str):
     except (ValueError, OverflowError, RecursionError) as err:  # a constructor's own error: 2020-13-45, 10**5000
         mark = getattr(loader, "_last_mark", None)
         why = str(err).splitlines()[0][:150] if str(err) else type(err).__name__
+        if "integer string conversion" in why:  # Python's own guard; its advice (set_int_max_str_digits) is not ours
+            why = "an integer with more than 4300 digits; expected a recipe-sized number"
         raise UserError(f"{label}:{mark.line + 1 if mark else 1}: malformed YAML value: {why}") from None
     finally:
         loader.dispose()
