@@ -43,16 +43,32 @@ MAX_NODES = 10_000  # YAML values with every alias expanded (seed000, 46 scheme 
 _BRACKETS = re.compile(r"[\[\]{}\n]")
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that keeps lines, accepts any ``!Tag`` and refuses documents past the bounds above; a subclass
-    so the global SafeLoader is untouched."""
+try:  # libyaml scans and parses (6x faster than PyYAML's Python scanner); composing stays in Python, bounded below
+    from yaml._yaml import CParser
+
+    _PARSING: tuple = (CParser,)
+except ImportError:  # PyYAML built without libyaml
+    _PARSING = (yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser)
+
+
+class _Loader(yaml.composer.Composer, *_PARSING, yaml.constructor.SafeConstructor, yaml.resolver.Resolver):
+    """A safe loader that keeps lines, accepts any ``!Tag`` and refuses documents past the bounds above. Its own
+    class (not a patched SafeLoader), with the Python composer so every node passes ``compose_node``."""
+
+    def __init__(self, text: str):
+        _PARSING[0].__init__(self, text)  # CParser, or the Python Reader
+        for part in _PARSING[1:]:
+            part.__init__(self)
+        yaml.composer.Composer.__init__(self)
+        yaml.constructor.SafeConstructor.__init__(self)
+        yaml.resolver.Resolver.__init__(self)
 
     _depth = 0
     _nodes = 0
 
     def compose_node(self, parent, index):
         # the composer recurses once per level: stop deep nesting before Python's stack does, and stop a huge
-        # document before the (pure Python) parser spends seconds on it
+        # document before composing and building it costs seconds
         self._depth += 1
         self._nodes += 1
         try:
@@ -112,8 +128,8 @@ def _check_expansion(root: yaml.Node) -> None:
 
 
 def _check_flow_depth(text: str, label: str) -> None:
-    """``[[[[...`` (or ``{{{``) deeper than MAX_DEPTH, found by counting brackets: PyYAML's scanner looks ahead up to
-    1024 characters for every open bracket, so such text costs seconds before the composer sees its first node.
+    """``[[[[...`` (or ``{{{``) deeper than MAX_DEPTH, found by counting brackets before any parser runs (PyYAML's
+    Python scanner looks ahead up to 1024 characters for every open bracket: seconds before the first node).
     Brackets inside strings count too; a recipe never holds 48 unclosed ones."""
     depth, line = 0, 1
     for match in _BRACKETS.finditer(text):
@@ -238,8 +254,9 @@ def load_yaml(text: str, label: str):
     if len(text) > MAX_BYTES:
         raise UserError(f"{label}:1: recipe is {len(text):,} characters; expected at most {MAX_BYTES:,}")
     _check_flow_depth(text, label)
-    loader = _Loader(text)
+    loader = None
     try:
+        loader = _Loader(text)  # PyYAML's Python reader checks the characters here already
         docs = []
         while loader.check_data():
             docs.append(loader.get_data())
@@ -257,7 +274,8 @@ def load_yaml(text: str, label: str):
             why = "an integer with more than 4300 digits; expected a recipe-sized number"
         raise UserError(f"{label}:{mark.line + 1 if mark else 1}: malformed YAML value: {why}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     docs = [d for d in docs if d is not None]
     if len(docs) > 1:
         raise UserError(f"{label}:1: recipe holds {len(docs)} YAML documents; expected one")
