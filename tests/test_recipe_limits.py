@@ -102,3 +102,22 @@ def test_1000_chained_variables_resolve_without_recursion(tmp_path):
 
     recipe = load_recipe(path)
     assert recipe.variables["v999"] == 1000 and recipe.num_epochs() == 1.0
+
+
+@pytest.mark.parametrize("args,pattern", [
+    ('{"v0": Infinity}', r"chain\.yaml:--recipe-args: v0: inf is not a finite number"),
+    ('{"v0": NaN}', r"--recipe-args: v0: nan is not a finite number"),
+    ('{"v0": 1' + "0" * 40 + "}", r"--recipe-args: v0: value is an integer of \d+ bits"),
+    ('{"v0": 1' + "0" * 5000 + "}", r"^--recipe-args: not usable JSON"),
+    ('{"v0": ' + "[" * 5000 + "]" * 5000 + "}", r"^--recipe-args: (not usable JSON|nested more than)"),
+    ('{"v0": ' + "[" * 60 + "]" * 60 + "}", r"^--recipe-args: nested more than 48 levels"),
+    ('{"v0": "eval(9 ** 99)"}', r"--recipe-args: v0: 9 \*\* 99 is larger than 2\*\*63"),
+])
+def test_hostile_recipe_args_are_one_clean_error(tmp_path, args, pattern):
+    from sparse_core.errors import UserError
+    from sparse_core.recipe import load_recipe, parse_recipe_args
+
+    path = tmp_path / "chain.yaml"
+    path.write_text(chain(3, "+ 1"))
+    with pytest.raises(UserError, match=pattern):
+        load_recipe(path, parse_recipe_args(args))

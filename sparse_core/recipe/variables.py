@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from sparse_core.errors import UserError
@@ -42,6 +43,8 @@ class Variables:
                 return check_int(value, "value")
             except EvalError as err:
                 raise UserError(f"{self.label}:{line}: {field}: {err}") from None
+        if isinstance(value, float) and not math.isfinite(value):  # .inf / .nan / 1e400 epochs never end
+            raise UserError(f"{self.label}:{line}: {field}: {value} is not a finite number; expected a finite number")
         if isinstance(value, dict):
             lines = getattr(value, "key_lines", {})
             return {k: self.value(v, field, lines.get(k, line)) for k, v in value.items()}
