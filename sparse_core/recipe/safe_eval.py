@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import math
 import operator
+import warnings
 
 MAX_CHARS = 1000  # an expression longer than this is not a recipe setting
 MAX_DEPTH = 40  # AST levels (``-`` / ``(`` / ``+`` nesting); SparseML's own recipes use fewer than 6
@@ -59,7 +60,9 @@ def parse(expr: str) -> ast.expr:
     if len(text) > MAX_CHARS:
         raise EvalError(f"eval(...) is {len(text)} characters long; expected at most {MAX_CHARS}")
     try:
-        tree = ast.parse(text, mode="eval")
+        with warnings.catch_warnings():  # e.g. "invalid decimal literal" for 1if: stderr gets one line, ours
+            warnings.simplefilter("ignore")
+            tree = ast.parse(text, mode="eval")
     except SyntaxError as err:
         raise EvalError(f"cannot parse eval({_short(expr)}): {err.msg}") from None
     except (RecursionError, MemoryError, ValueError):  # the parser's own stack, or a NUL byte
