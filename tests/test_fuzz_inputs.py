@@ -46,7 +46,8 @@ NASTY = [
     "eval(1" + "+1" * 400 + ")", "eval(x.__class__)", "eval(__import__('os'))", "eval(num_epochs)", "eval(mask_type)",
     "eval(max())", "eval(round(1, 10**9))", "eval(int(1e300))", "eval(2**62*4)", "eval(-8 ** 0.5)", "eval(1/0)",
     "---", "...", "%YAML 1.1", "? ", ": ", "- ", "#", "\n", "\r", "re:(", "__ALL_PRUNABLE__", "2020-13-45",
-    "!!binary xx", "!!float abc", "!!int 12a", "!!timestamp 2020-99-99", "? [a]\n: 1", "<", ">", "&amp;", "&zz;",
+    "!!binary xx", "!!float abc", "!!int 12a", "!!timestamp 2020-99-99", "!!timestamp x", "!!bool maybe", "!!map [1]",
+    "!!seq {a: 1}", "!!set [1]", "!!omap [1]", "? [a]\n: 1", "<", ">", "&amp;", "&zz;",
     "<!DOCTYPE r [<!ENTITY a 'aaaaaaaaaa'><!ENTITY b '&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;'>"
     "<!ENTITY c '&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;'><!ENTITY d '&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;'>]>",
     "<!ENTITY x SYSTEM 'file:///etc/hostname'>", "&x;", "<![CDATA[", "]]>", "<object>", "</object>", "Infinity",

@@ -122,3 +122,15 @@ def test_hostile_recipe_args_are_one_clean_error(tmp_path, args, pattern):
     path.write_text(chain(3, "+ 1"))
     with pytest.raises(UserError, match=pattern):
         load_recipe(path, parse_recipe_args(args))
+
+
+@pytest.mark.parametrize("value", ["!!timestamp 2020-99-99x", "!!bool maybe", "!!map [1]", "!!seq {a: 1}", "2020-13-45",
+                                   "!!int 12a", "!!set [1]"])
+def test_bad_explicit_yaml_tags_are_one_clean_error(tmp_path, value):
+    from sparse_core.errors import UserError
+    from sparse_core.recipe import load_recipe
+
+    path = tmp_path / "tags.yaml"
+    path.write_text("n: 1\nwhen: " + value + "\n" + MODIFIERS.format(end=1))
+    with pytest.raises(UserError, match=r"tags\.yaml:2: malformed YAML"):
+        load_recipe(path)

@@ -267,9 +267,11 @@ def load_yaml(text: str, label: str):
         raise UserError(f"{label}:{line}: malformed YAML: {what}") from None
     except yaml.YAMLError as err:
         raise UserError(f"{label}:1: malformed YAML: {str(err).splitlines()[0]}") from None
-    except (ValueError, OverflowError, RecursionError) as err:  # a constructor's own error: 2020-13-45, 10**5000
+    except (ValueError, OverflowError, RecursionError, AttributeError, TypeError, KeyError, IndexError) as err:
+        # a constructor's own error on a value or an explicit tag: 2020-13-45, 10**5000, !!timestamp x, !!bool maybe
         mark = getattr(loader, "_last_mark", None)
-        why = str(err).splitlines()[0][:150] if str(err) else type(err).__name__
+        why = str(err).splitlines()[0][:150] if isinstance(err, (ValueError, OverflowError)) and str(err) else \
+            "not a valid value for its YAML type or tag"
         if "integer string conversion" in why:  # Python's own guard; its advice (set_int_max_str_digits) is not ours
             why = "an integer with more than 4300 digits; expected a recipe-sized number"
         raise UserError(f"{label}:{mark.line + 1 if mark else 1}: malformed YAML value: {why}") from None
