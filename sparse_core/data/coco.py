@@ -13,8 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sparse_core.data.labels import Item, Obj, Problems, box_of_polygon, number, pixel_box, polygon
+from sparse_core.data.labels import Item, Obj, Problems, box_of_polygon, is_file, number, pixel_box, polygon
 from sparse_core.errors import UserError
+
+MAX_RLE_PIXELS = 1 << 26  # 8192 x 8192: an RLE mask larger than that is refused before it is allocated
+MAX_SIDE = 1 << 20  # image width/height; beyond it a declared size is nonsense (and overflows float maths)
 
 
 def _rle_counts(counts) -> list[int]:
@@ -26,6 +29,8 @@ def _rle_counts(counts) -> list[int]:
     while p < len(s):
         x, k, more = 0, 0, True
         while more:
+            if k >= 7:  # pycocotools writes 32-bit counts (at most 7 characters); longer ones only cost time
+                raise ValueError("RLE count longer than 7 characters")
             c = s[p] - 48
             x |= (c & 0x1F) << (5 * k)
             more = bool(c & 0x20)
@@ -46,8 +51,12 @@ def rle_to_polygon(rle: dict, where: str, problems: Problems) -> list[float] | N
     try:
         h, w = (int(v) for v in rle["size"])
         counts = _rle_counts(rle["counts"])
-    except (KeyError, TypeError, ValueError, IndexError):
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError):
         problems.add(where, "segmentation RLE is malformed; expected {'size': [h, w], 'counts': [...] or str}")
+        return None
+    if not (h > 0 and w > 0 and h * w <= MAX_RLE_PIXELS):  # the mask is allocated: bound it before
+        problems.add(where, f"segmentation RLE size {h}x{w}; expected a positive size of at most {MAX_RLE_PIXELS} "
+                            "pixels")
         return None
     if sum(counts) != h * w or any(c < 0 for c in counts):
         problems.add(where, f"segmentation RLE counts sum to {sum(counts)}; expected size h*w = {h * w}")
@@ -87,6 +96,9 @@ def _json(path: Path) -> dict:
                         "file") from None
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: cannot read ({err}); expected a COCO JSON file") from None
+    except (ValueError, RecursionError):  # a number of over 4300 digits, or [[[[... deeper than the parser goes
+        raise UserError(f"{path}: unusable JSON (a number with thousands of digits or nesting thousands deep); "
+                        "expected a COCO annotation file") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: top level is {type(data).__name__}; expected an object with images, annotations, "
                         "categories")
@@ -125,7 +137,7 @@ def _find_image(file_name: str, json_path: Path, src: Path) -> Path | None:
     for base in bases:
         for cand in (base / file_name, base / "images" / file_name, base / "images" / stem / file_name,
                      base / stem / file_name):
-            if cand.is_file():
+            if is_file(cand):
                 return cand
     return None
 
@@ -163,6 +175,10 @@ def _segmentation(seg, size, where: str, problems: Problems) -> list[float] | No
     parts = seg if isinstance(seg[0], list) else [seg]
     checked = []
     for j, part in enumerate(parts):
+        if not isinstance(part, list):
+            problems.add(f"{where} segmentation[{j}]", f"{part!r:.40} is not a list of coordinates; expected "
+                                                       "[x1, y1, x2, y2, ...]")
+            return None
         vals = [number(v, f"{where} segmentation[{j}]", "coordinate", problems) for v in part]
         if None in vals:
             return None
@@ -195,8 +211,8 @@ def read(src: Path, task: str, classes: list[str] | None, problems: Problems) ->
                 continue
             where = f"{path}: images[{i}] (id {img['id']})"
             w, h = img.get("width"), img.get("height")
-            if not (isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0):
-                problems.add(where, f"width/height {w!r}x{h!r}; expected positive integers")
+            if not (isinstance(w, int) and isinstance(h, int) and 0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE):
+                problems.add(where, f"width/height {w!r:.20}x{h!r:.20}; expected positive integers up to {MAX_SIDE}")
                 continue
             if img["id"] in by_id:
                 problems.add(where, f"duplicate image id {img['id']}; expected unique ids")

@@ -65,11 +65,19 @@ class Problems:
         raise UserError("\n".join(shown))
 
 
+def is_file(path: Path) -> bool:
+    """``path.is_file()`` for a name taken from an annotation: one too long for the file system is no file either."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def number(text, where: str, what: str, problems: Problems) -> float | None:
     """``text`` as a finite float, or None after reporting."""
     try:
         value = float(text)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a JSON integer of hundreds of digits
         problems.add(where, f"{what} {text!r} is not a number; expected a finite number")
         return None
     if not math.isfinite(value):

@@ -32,12 +32,13 @@ def _names(meta: dict, yaml_path: Path, classes: list[str] | None) -> list[str]:
     raw = meta.get("names")
     if isinstance(raw, dict):
         try:
-            keys = sorted(int(k) for k in raw)
-        except (TypeError, ValueError):
+            by_id = {int(k): v for k, v in raw.items()}  # YAML may give ids as ints or strings ("0", "00")
+        except (TypeError, ValueError, OverflowError):
             raise UserError(f"{yaml_path}: names: keys must be class ids 0..n-1") from None
-        if keys != list(range(len(keys))):
-            raise UserError(f"{yaml_path}: names: ids {keys}; expected contiguous ids 0..{len(keys) - 1}")
-        names = [str(raw[k] if k in raw else raw[str(k)]) for k in keys]
+        keys = sorted(by_id)
+        if len(by_id) != len(raw) or keys != list(range(len(keys))):
+            raise UserError(f"{yaml_path}: names: ids {sorted(raw, key=str)}; expected contiguous ids 0..{len(raw) - 1}")
+        names = [str(by_id[k]) for k in keys]
     elif isinstance(raw, list):
         names = [str(n) for n in raw]
     elif raw is None:

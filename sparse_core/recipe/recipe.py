@@ -21,8 +21,9 @@ from pydantic import ValidationError
 
 from sparse_core.errors import UserError
 from sparse_core.recipe import schemas
-from sparse_core.recipe.safe_eval import EvalError, eval_expression, safe_eval
-from sparse_core.recipe.yaml_source import LineDict, LineList, front_matter, load_yaml, looks_like_markdown
+from sparse_core.recipe.variables import Variables
+from sparse_core.recipe.yaml_source import (MAX_BYTES, LineDict, LineList, check_nesting, front_matter, load_yaml,
+                                            looks_like_markdown)
 
 Modifier = schemas.Modifier
 PRUNING_TYPES = ("GMPruningModifier", "MagnitudePruningModifier", "GlobalMagnitudePruningModifier")
@@ -34,6 +35,7 @@ def parse_recipe_args(text: str | dict | None) -> dict:
     if text is None or text == "":
         return {}
     if isinstance(text, dict):
+        check_nesting(text, "--recipe-args")
         return dict(text)
     try:
         value = json.loads(text)
@@ -42,8 +44,12 @@ def parse_recipe_args(text: str | dict | None) -> dict:
             f"--recipe-args: not valid JSON ({err.msg} at column {err.colno}); "
             'expected an object such as \'{"num_epochs": 15}\''
         ) from None
+    except (ValueError, RecursionError) as err:  # a 5,000-digit number, or [[[[... deeper than the parser goes
+        raise UserError(f"--recipe-args: not usable JSON ({str(err)[:100] or 'nested too deeply'}); "
+                        'expected an object such as \'{"num_epochs": 15}\'') from None
     if not isinstance(value, dict):
         raise UserError(f"--recipe-args: got a JSON {type(value).__name__}; expected an object such as '{{\"num_epochs\": 15}}'")
+    check_nesting(value, "--recipe-args")
     return value
 
 
@@ -56,6 +62,8 @@ def _read_source(source: str | os.PathLike) -> tuple[str | None, str]:
         raise UserError(f"{path}: recipe file not found")
     if not path.is_file():
         raise UserError(f"{path}: is a directory; expected a recipe .yaml/.yml/.md file")
+    if path.stat().st_size > 4 * MAX_BYTES:  # checked again on the text; this only avoids reading a huge file
+        raise UserError(f"{path}: recipe is {path.stat().st_size:,} bytes; expected at most {MAX_BYTES:,}")
     try:
         return str(path), path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -300,56 +308,15 @@ class _Resolver:
                             "'modifiers' (e.g. training_modifiers)")
         for key in args:
             if key not in self.raw_vars:
-                known = ", ".join(self.raw_vars) or "none"
+                known = ", ".join(list(self.raw_vars)[:30]) + (", ..." if len(self.raw_vars) > 30 else "") or "none"
                 raise UserError(f"{label}: --recipe-args: '{key}' is not a variable of this recipe (variables: {known})")
         self.raw_vars.update(copy.deepcopy(args))
         self.overridden = set(args)
-        self.variables: dict[str, Any] = {}
-        self._resolving: list[str] = []
-        for name in self.raw_vars:
-            self._variable(name)
+        where = {name: "--recipe-args" if name in self.overridden else self.var_lines.get(name, 1)
+                 for name in self.raw_vars}
+        self.vars = Variables(label, self.raw_vars, where)
+        self.variables = self.vars.values
         self.modifiers = [m for key, items, line in groups for m in self._group(key, items, line)]
-
-    # variables -------------------------------------------------------------------------------------------
-
-    def _var_where(self, name: str) -> str:
-        return "--recipe-args" if name in self.overridden else f"{self.var_lines.get(name, 1)}"
-
-    def _variable(self, name: str) -> Any:
-        if name in self.variables:
-            return self.variables[name]
-        if name in self._resolving:
-            cycle = " -> ".join(self._resolving[self._resolving.index(name):] + [name])
-            raise UserError(f"{self.label}:{self._var_where(name)}: {name}: variables refer to each other in a "
-                            f"cycle ({cycle})")
-        self._resolving.append(name)
-        try:
-            value = self._value(self.raw_vars[name], name, self._var_where(name))
-        finally:
-            self._resolving.pop()
-        self.variables[name] = value
-        return value
-
-    def _lookup(self, name: str) -> Any:
-        if name not in self.raw_vars:
-            raise KeyError(name)
-        return self._variable(name)
-
-    def _value(self, value: Any, field: str, line: int | str) -> Any:
-        """Evaluate eval(...) strings anywhere inside ``value``; plain containers come back as dict/list."""
-        expr = eval_expression(value)
-        if expr is not None:
-            try:
-                return safe_eval(expr, self._lookup)
-            except EvalError as err:
-                raise UserError(f"{self.label}:{line}: {field}: {err}") from None
-        if isinstance(value, dict):
-            lines = getattr(value, "key_lines", {})
-            return {k: self._value(v, field, lines.get(k, line)) for k, v in value.items()}
-        if isinstance(value, list):
-            lines = getattr(value, "item_lines", [])
-            return [self._value(v, field, lines[i] if i < len(lines) else line) for i, v in enumerate(value)]
-        return value
 
     # modifiers -------------------------------------------------------------------------------------------
 
@@ -379,7 +346,7 @@ class _Resolver:
             if name not in cls.model_fields:
                 raise UserError(f"{label}:{field_lines.get(name, line)}: {type_name}: unknown field '{name}' "
                                 f"(allowed: {', '.join(allowed)})")
-        values = {name: self._value(value, name, field_lines.get(name, line)) for name, value in raw_fields.items()}
+        values = {name: self.vars.value(value, name, field_lines.get(name, line)) for name, value in raw_fields.items()}
         try:
             mod = cls(**values)
         except ValidationError as err:
