@@ -29,6 +29,7 @@ COMMANDS = {
     "models": "sparse_core.tracking.cli",
     "pipeline": "sparse_core.pipeline_cli",
     "cluster": "sparse_core.cluster",
+    "baseline": "sparse_core.baseline",
 }
 
 
