@@ -39,6 +39,7 @@ COMMANDS = {
     "pipeline": "pipelines.cli",
     "cluster": "pipelines.cluster",
     "import": "sparse_core.sparseml_compat.cli",
+    "baseline": "sparse_core.baseline",
 }
 # OS errors on a path the user named are bad input, not a bug in sparsepipe
 _USER_OS_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
