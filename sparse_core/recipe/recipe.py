@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from sparse_core.errors import UserError
 from sparse_core.recipe import schemas
+from sparse_core.recipe.rules import check_rules
 from sparse_core.recipe.safe_eval import EvalError, eval_expression, safe_eval
 from sparse_core.recipe.yaml_source import LineDict, LineList, front_matter, load_yaml, looks_like_markdown
 
@@ -297,6 +298,7 @@ def load_recipe(source: str | os.PathLike, recipe_args: dict | str | None = None
         raise UserError(f"{label}:1: recipe top level is a {_kind(raw)}; expected a mapping of variables "
                         "and '*modifiers' lists")
     resolver = _Resolver(label, raw, args)
+    check_rules(resolver.modifiers, label)
     return Recipe(path, text, args, resolver.variables, resolver.modifiers, raw.get("version"))
 
 

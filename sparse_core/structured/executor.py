@@ -46,10 +46,6 @@ class StructuredGMPExecutor(PruningExecutor):
 
     def __init__(self, mod, where: str, model: torch.nn.Module, params: dict[str, torch.nn.Parameter],
                  recipe=None):
-        if recipe is not None and recipe.of_type("QuantizationModifier"):
-            raise NotSupportedYet(f"{where}: mask_type: filter and a QuantizationModifier in one recipe is not "
-                                  "supported (QAT restructures the layers the channel masks and thinning work on); "
-                                  "train the structured recipe first, then QAT on its thinned last.pt")
         if mod.uses_global_sparsity():
             raise NotSupportedYet(f"{where}: mask_type: filter with global_sparsity is not supported yet; channels "
                                   "are ranked within each coupled group (set global_sparsity: False)")
