@@ -121,8 +121,14 @@ class OutputDistillationHandler:
         self.distiller.last["output_kd"] = float(kd.detach())
         return loss * (1.0 - h), h * gain * kd
 
+    def finalize(self) -> None:
+        """The distiller (shared with per-layer terms) is the trainer's to remove; nothing of this term's own."""
+
     def state_dict(self) -> dict:
         return {"type": "output"}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Stateless: whether it is active follows from the epoch at the next ``update``."""
 
 
 class _Cache:

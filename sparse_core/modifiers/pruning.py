@@ -15,6 +15,8 @@ import sys
 import torch
 
 from sparse_core.errors import NotSupportedYet, UserError
+from sparse_core.modifiers.registry import register_executor
+from sparse_core.modifiers.selectors import resolve_params
 from sparse_core.recipe.schemas import FROM_PARAM_TOKEN, ConstantPruningModifier, GMPruningModifier
 
 _EPS = 1e-9
@@ -96,6 +98,19 @@ class PruningExecutor:
         self.params = params
         self.masks: dict[str, torch.Tensor] | None = None
         self.enabled = False  # masks applied to weights
+
+    # the ModifierExecutor protocol (sparse_core.modifiers.registry); masks are applied by the manager
+    def initialize(self, epoch: float) -> None:
+        """Nothing to prepare: the manager's first ``update`` computes the masks due at ``epoch``."""
+
+    def finalize(self) -> None:
+        """Nothing to undo: masked weights stay zero."""
+
+    def state_dict(self) -> dict:
+        return self.state()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.load(state)
 
     # schedule state that load_state_dict restores
     def state(self) -> dict:
@@ -197,3 +212,21 @@ class GMPExecutor(PruningExecutor):
         self.next_update = int(state.get("next_update", 0))
         self.ended = bool(state.get("ended", False))
         self.applied = dict(state.get("applied", {}))
+
+
+def _gmp_executor(mod: GMPruningModifier, manager, where: str) -> GMPExecutor:
+    final: dict[str, float] = {}
+    for selector, sparsity in mod.selector_sparsities():
+        for name in resolve_params(selector, manager.model, where):
+            final.setdefault(name, sparsity)
+    names = [n for n in manager.params if n in final]
+    return GMPExecutor(mod, where, names, manager.params, final)
+
+
+def _constant_executor(mod: ConstantPruningModifier, manager, where: str) -> ConstantPruningExecutor:
+    return ConstantPruningExecutor(mod, where, resolve_params(mod.params, manager.model, where), manager.params)
+
+
+for _name in ("GMPruningModifier", "MagnitudePruningModifier", "GlobalMagnitudePruningModifier"):
+    register_executor(_name, _gmp_executor)
+register_executor("ConstantPruningModifier", _constant_executor)

@@ -44,8 +44,7 @@ def keep_count(n: int, sparsity: float, multiple: int = CHANNEL_MULTIPLE) -> int
 class StructuredGMPExecutor(PruningExecutor):
     """Gradual magnitude pruning of coupled channel groups of an Ultralytics model (see module docstring)."""
 
-    def __init__(self, mod, where: str, model: torch.nn.Module, params: dict[str, torch.nn.Parameter],
-                 recipe=None):
+    def __init__(self, mod, where: str, model: torch.nn.Module, params: dict[str, torch.nn.Parameter]):
         if mod.uses_global_sparsity():
             raise NotSupportedYet(f"{where}: mask_type: filter with global_sparsity is not supported yet; channels "
                                   "are ranked within each coupled group (set global_sparsity: False)")
