@@ -111,15 +111,9 @@ class LRExecutor:
         """The optimizer keeps the last value set."""
 
     def state_dict(self) -> dict:
-        return self.state()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.load(state)
-
-    def state(self) -> dict:
         return {"type": self.mod.type_name, "applied": self.applied}
 
-    def load(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
         self.applied = bool(state.get("applied", False))
 
 
