@@ -46,8 +46,8 @@ def benchmark(
     from sparse_core import steps
 
     res = steps.benchmark(model=deployment.path, out=result.path, engine=engine, threads=threads, seconds=seconds,
-                          iterations=iterations, warmup=warmup, mlflow_uri=mlflow_uri, experiment=experiment,
-                          parent_run_id=parent_run_id, cache_dir=cache_dir)
+                          iterations=iterations, warmup=warmup,
+                          ctx=steps.StepContext(mlflow_uri, experiment, parent_run_id, cache_dir))
     for key, value in steps.bench_metrics(res).items():
         metrics.log_metric(key, float(value))
     return float(res["images_per_s"])

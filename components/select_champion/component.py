@@ -41,6 +41,6 @@ def select_champion(
 
     print(f"select_champion: candidates from this sweep: {candidates}")
     result = steps.select_champion(name=name, metric=metric, constraint=constraint,
-                                   higher_is_better=higher_is_better, mlflow_uri=mlflow_uri, experiment=experiment,
-                                   parent_run_id=parent_run_id)
+                                   higher_is_better=higher_is_better,
+                                   ctx=steps.StepContext(mlflow_uri, experiment, parent_run_id))
     return result["version"]
