@@ -168,7 +168,8 @@ def trusting(paths, enabled: bool = True) -> Iterator[None]:
 
 
 def guard_ultralytics() -> None:
-    """Make Ultralytics' own checkpoint reads (trainer, resume, validator, strip_optimizer) use ``load_pt``."""
+    """Make Ultralytics' own checkpoint reads (trainer, resume, validator, strip_optimizer) use ``load_pt``, and its
+    model-yaml parser build without ``eval`` (its restricted mode)."""
     import ultralytics.nn.tasks as tasks
     import ultralytics.utils.torch_utils as torch_utils
 
@@ -185,3 +186,4 @@ def guard_ultralytics() -> None:
     torch_safe_load.sparsepipe_guard = True
     tasks.torch_safe_load = torch_safe_load
     torch_utils.torch_load = torch_load
+    tasks.SAFE_LOAD = True  # model yamls: activation parsed without eval(), only known layer classes

@@ -273,6 +273,10 @@ def fetch_checkpoint(model: str, out: str, zoo: str = "", mlflow_uri: str = "", 
             _log_outcome(tracker, False, "", tags={"sparsepipe.fetch": "none"})
             return result
         source = _resolve_source(model, zoo)
+        if source is not None and source.suffix == ".pt":
+            from sparse_core.safe_load import check_safe
+
+            check_safe(source, f"model {model}")  # pipelines never fully unpickle a checkpoint
         parts = {"source": model, "sha256": _sha256(source) if source else model}
 
         def compute(o: Path) -> dict:
@@ -332,7 +336,10 @@ def _download_s3_file(uri: str) -> Path:
     import tempfile
 
     bucket, key = _split_s3(uri)
-    dest = Path(tempfile.mkdtemp(prefix="sparsepipe-s3-")) / Path(key).name
+    name = key.rsplit("/", 1)[-1]
+    if name in ("", ".", ".."):
+        raise UserError(f"{uri}: key {key!r} does not name a file; expected s3://BUCKET/path/to/file")
+    dest = Path(tempfile.mkdtemp(prefix="sparsepipe-s3-")) / name
     try:
         _s3_client().download_file(bucket, key, str(dest))
     except Exception as err:  # noqa: BLE001 - botocore raises many types; the user needs the URI and the reason
@@ -356,8 +363,14 @@ def _s3_listing(uri: str) -> list[tuple[str, str, int]]:
 def _download_s3_prefix(uri: str, dest: Path) -> Path:
     bucket, prefix = _split_s3(uri)
     client = _s3_client()
-    for key, _, _ in _s3_listing(uri):
-        rel = key[len(prefix):].lstrip("/") or Path(key).name
+    files = {}
+    for key, _, _ in _s3_listing(uri):  # every key checked before anything is written
+        rel = key[len(prefix):].lstrip("/") or key.rsplit("/", 1)[-1]
+        if any(part in ("", ".", "..") for part in rel.split("/")) or "\\" in rel:
+            raise UserError(f"s3://{bucket}/{key}: key escapes the data set folder; expected keys below {uri} "
+                            "without '..' or empty parts")
+        files[key] = rel
+    for key, rel in files.items():
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         client.download_file(bucket, key, str(target))

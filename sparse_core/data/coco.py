@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sparse_core.data.labels import Item, Obj, Problems, box_of_polygon, number, pixel_box, polygon
+from sparse_core.data.labels import Item, Obj, Problems, box_of_polygon, number, pixel_box, polygon, safe_name
 from sparse_core.errors import UserError
 
 
@@ -201,6 +201,7 @@ def read(src: Path, task: str, classes: list[str] | None, problems: Problems) ->
             if img["id"] in by_id:
                 problems.add(where, f"duplicate image id {img['id']}; expected unique ids")
                 continue
+            safe_name(img["file_name"], f"{path}: images[{i}].file_name")
             file = _find_image(img["file_name"], path, src)
             if file is None:
                 problems.add(where, f"image file {img['file_name']!r} not found; expected it next to {path.name}, "
