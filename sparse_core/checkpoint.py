@@ -29,6 +29,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     ckpt = load_pt(path)  # allow-listed classes only; full unpickling only for a --trust-checkpoint file
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("ema") or ckpt.get("model"), torch.nn.Module):
         raise UserError(f"{path}: not an Ultralytics/sparsepipe checkpoint (expected a dict with a 'model' or 'ema' module)")
+    try:  # the safe loader never runs __init__: a module the file did not fill in is caught here, not mid-run
+        (ckpt.get("ema") or ckpt.get("model")).state_dict()
+    except Exception as err:  # noqa: BLE001
+        raise UserError(f"{path}: not an Ultralytics/sparsepipe checkpoint (its model is incomplete: "
+                        f"{type(err).__name__}: {str(err)[:100]})") from None
     return ckpt
 
 

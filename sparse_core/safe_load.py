@@ -39,6 +39,7 @@ MODULE_PREFIXES = ("torch.nn.", "torch.ao.", "ultralytics.nn.", "sparse_core.")
 HOOKS = ("sparse_core.quantization.modules._quantize_input", "sparse_core.quantization.modules._quantize_output")
 TRUST_FLAG = "--trust-checkpoint"
 _TRUSTED: contextvars.ContextVar[frozenset] = contextvars.ContextVar("sparsepipe_trusted", default=frozenset())
+_WARNED: set[Path] = set()  # one warning line per trusted file and process
 
 
 class UnsafeCheckpoint(UserError):
@@ -117,8 +118,9 @@ def _safe_load(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_pt(path: str | os.PathLike) -> Any:
-    """``torch.load`` of ``path`` under the allow-list; full unpickling only for a path inside ``trusting``."""
+def preflight(path: str | os.PathLike) -> bool:
+    """Whether ``load_pt(path)`` will read ``path`` safely (True) or fully unpickle it because it is trusted (False);
+    UserError when it would refuse it. Reads the pickle opcodes only: callers check inputs before any work starts."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
@@ -126,16 +128,25 @@ def load_pt(path: str | os.PathLike) -> Any:
         refused = refused_globals(path)
     except Exception as err:  # noqa: BLE001 - a truncated zip, random bytes...
         raise UserError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {str(err)[:120]})") from None
+    if refused and path.resolve() not in _TRUSTED.get():
+        raise UnsafeCheckpoint(
+            f"{path}: refused: reading it needs full unpickling, which can run code from the file (it references "
+            f"{', '.join(refused[:3])}{' ...' if len(refused) > 3 else ''}); if it is your own local file and you "
+            f"trust it, pass {TRUST_FLAG}")
+    return not refused
+
+
+def load_pt(path: str | os.PathLike) -> Any:
+    """``torch.load`` of ``path`` under the allow-list; full unpickling only for a path inside ``trusting``."""
+    path = Path(path)
+    safe = preflight(path)
     try:
-        if not refused:
+        if safe:
             return _safe_load(path)
-        if path.resolve() not in _TRUSTED.get():
-            raise UnsafeCheckpoint(
-                f"{path}: refused: reading it needs full unpickling, which can run code from the file (it references "
-                f"{', '.join(refused[:3])}{' ...' if len(refused) > 3 else ''}); if it is your own local file and you "
-                f"trust it, pass {TRUST_FLAG}")
-        print(f"warning: {path}: loading with full unpickling ({TRUST_FLAG}): code in this file can run",
-              file=sys.stderr)
+        if path.resolve() not in _WARNED:
+            _WARNED.add(path.resolve())
+            print(f"warning: {path}: loading with full unpickling ({TRUST_FLAG}): code in this file can run",
+                  file=sys.stderr)
         return torch.load(path, map_location="cpu", weights_only=False)
     except UserError:
         raise
