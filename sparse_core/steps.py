@@ -360,16 +360,21 @@ def _s3_listing(uri: str) -> list[tuple[str, str, int]]:
     return sorted(rows)
 
 
+def s3_relative_key(uri: str, key: str) -> str:
+    """Where object ``key`` listed under prefix ``uri`` lands below the download folder; a key that would land
+    outside it ('..', '.', empty parts, which AWS S3 allows in keys) is refused."""
+    bucket, prefix = _split_s3(uri)
+    rel = key[len(prefix):].lstrip("/") or key.rsplit("/", 1)[-1]
+    if any(part in ("", ".", "..") for part in rel.split("/")) or "\\" in rel:
+        raise UserError(f"s3://{bucket}/{key}: key escapes the data set folder; expected keys below {uri} "
+                        "without '..' or empty parts")
+    return rel
+
+
 def _download_s3_prefix(uri: str, dest: Path) -> Path:
     bucket, prefix = _split_s3(uri)
     client = _s3_client()
-    files = {}
-    for key, _, _ in _s3_listing(uri):  # every key checked before anything is written
-        rel = key[len(prefix):].lstrip("/") or key.rsplit("/", 1)[-1]
-        if any(part in ("", ".", "..") for part in rel.split("/")) or "\\" in rel:
-            raise UserError(f"s3://{bucket}/{key}: key escapes the data set folder; expected keys below {uri} "
-                            "without '..' or empty parts")
-        files[key] = rel
+    files = {key: s3_relative_key(uri, key) for key, _, _ in _s3_listing(uri)}  # all checked before any write
     for key, rel in files.items():
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
