@@ -4,12 +4,12 @@ A checkpoint is a pickle, and a pickle can call any Python function. Every ``.pt
 ``load_pt``: ``torch.load(weights_only=True)`` with an allow-list of what Ultralytics/sparsepipe checkpoints hold:
 
 - ``nn.Module`` subclasses defined in ``torch.nn``, ``torch.ao`` (QAT modules, fake-quant, observers),
-  ``ultralytics.nn`` and ``sparse_core`` (quantization, structured pruning). They are registered behind a proxy
+  ``ultralytics.nn`` and ``sparse_core`` (quantization, structured, distillation). They are registered behind a proxy
   that only allocates (``cls.__new__``): the unpickler may rebuild a module from its saved ``__dict__`` but never
   run its ``__init__`` with arguments chosen by the file (an Ultralytics model ``__init__`` would ``eval`` a yaml);
-- a few data types: Ultralytics' ``IterableSimpleNamespace`` (train args), the ``torch.ao`` qconfig containers,
-  numpy scalars/dtypes, ``pathlib`` paths, ``getattr`` limited to a module's ``forward``, and the two forward
-  hooks our QAT modules register (``HOOKS``).
+- a few data types: Ultralytics' ``IterableSimpleNamespace`` (train args), numpy scalars/dtypes, ``pathlib``
+  paths, ``getattr`` limited to a module's bound ``forward``/``type``, and the two forward hooks our QAT modules
+  register (``HOOKS``).
 
 Anything else (``os.system``, ``builtins.eval``, an unknown class) is refused before a byte is unpickled. A local
 file the user names with ``--trust-checkpoint`` may still be read by full unpickling (``trusting``); a file from a
@@ -35,7 +35,8 @@ import torch
 
 from sparse_core.errors import UserError
 
-MODULE_PREFIXES = ("torch.nn.", "torch.ao.", "ultralytics.nn.", "sparse_core.")
+MODULE_PREFIXES = ("torch.nn.", "torch.ao.", "ultralytics.nn.", "sparse_core.quantization.", "sparse_core.structured.",
+                   "sparse_core.distillation.")
 HOOKS = ("sparse_core.quantization.modules._quantize_input", "sparse_core.quantization.modules._quantize_output")
 TRUST_FLAG = "--trust-checkpoint"
 _TRUSTED: contextvars.ContextVar[frozenset] = contextvars.ContextVar("sparsepipe_trusted", default=frozenset())
@@ -65,13 +66,10 @@ def _data_globals() -> dict[str, Any]:
     import pathlib
 
     import numpy as np
-    from torch.ao.quantization.observer import _PartialWrapper
-    from torch.ao.quantization.qconfig import QConfig, QConfigDynamic
     from ultralytics.utils import IterableSimpleNamespace
 
     scalar = np.float64(0).__reduce__()[0]
-    out = {f"{c.__module__}.{c.__qualname__}": c for c in (IterableSimpleNamespace, QConfig, QConfigDynamic,
-                                                            _PartialWrapper, functools.partial, np.dtype)}
+    out = {f"{c.__module__}.{c.__qualname__}": c for c in (IterableSimpleNamespace, np.dtype)}
     out.update({"numpy.core.multiarray.scalar": scalar, "numpy._core.multiarray.scalar": scalar,
                 "builtins.getattr": _restricted_getattr, "ultralytics.yolo.utils.IterableSimpleNamespace":
                 IterableSimpleNamespace})
@@ -93,7 +91,7 @@ def _resolve(name: str) -> list | None:
         return None
     try:
         obj = getattr(importlib.import_module(module), attr, None)
-    except ImportError:
+    except Exception:  # noqa: BLE001 - no such module (or one that fails to import): not on the list
         return None
     if not (isinstance(obj, type) and issubclass(obj, torch.nn.Module) and obj.__module__ == module):
         return None

@@ -22,7 +22,8 @@ def register(subparsers) -> None:
     p.add_argument("--register", metavar="NAME", help="register the exported model in the MLflow model registry")
     p.add_argument("--alias", help="alias for the registered version (e.g. candidate)")
     p.add_argument("--json", action="store_true", help="print export.json as one JSON line last")
-    p.add_argument("--trust-checkpoint", action="store_true", help="fully unpickle a local .pt the safe loader refuses (only for files you trust: it can run code)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="fully unpickle a local .pt the safe loader refuses (only files you trust: it can run code)")
     p.set_defaults(func=run)
 
 

@@ -30,7 +30,8 @@ def register(subparsers) -> None:
     check.add_argument("--model", default=None, help="Ultralytics model yaml (yolov8n.yaml, yolov8n-seg.yaml) or .pt")
     check.add_argument("--strict", action="store_true", help="selectors that match nothing are errors")
     check.add_argument("--json", action="store_true", help="print one JSON object (last stdout line)")
-    check.add_argument("--trust-checkpoint", action="store_true", help="fully unpickle a local .pt the safe loader refuses (only for files you trust: it can run code)")
+    check.add_argument("--trust-checkpoint", action="store_true",
+                       help="fully unpickle a local .pt the safe loader refuses (only files you trust: it can run code)")
     check.set_defaults(func=run_check)
     resolve = sub.add_parser("resolve", help="print the resolved recipe (overrides applied, eval done) as YAML")
     resolve.add_argument("recipe")

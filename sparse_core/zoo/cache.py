@@ -2,8 +2,8 @@
 
 A file enters the cache only after its sha256 and size match the manifest, and every cache hit is hashed again.
 It lands by ``os.replace`` from a temp file in the same folder, so concurrent fetches of the same stub are safe
-without locks: each one either finds the finished blob or writes an identical one. Fetched entries are assembled (hard links to the blobs) into
-``zoo/entries/<stub path>/<manifest sha256[:16]>/`` the same way: built in a temp folder, renamed into place.
+without locks: each one either finds the finished blob or writes an identical one. Fetched entries are assembled
+(hard links to the blobs) into ``zoo/entries/<stub path>/<manifest sha256[:16]>/`` the same way: built in a temp folder, renamed into place.
 """
 
 from __future__ import annotations

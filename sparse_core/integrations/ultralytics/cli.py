@@ -30,7 +30,8 @@ def register(sub) -> None:
     p.add_argument("--experiment", default="sparsepipe", help="MLflow experiment name")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="skip Ultralytics' plots")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
-    p.add_argument("--trust-checkpoint", action="store_true", help="fully unpickle a local .pt the safe loader refuses (only for files you trust: it can run code)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="fully unpickle a local .pt the safe loader refuses (only files you trust: it can run code)")
     yolact = p.add_argument_group("YOLACT-style COCO inputs (seed 003); prepared into an Ultralytics segment set")
     for flag in ("--train_info", "--validation_info", "--train_images", "--validation_images"):
         yolact.add_argument(flag, help=argparse.SUPPRESS if flag != "--train_info" else
@@ -44,7 +45,8 @@ def register(sub) -> None:
     v.add_argument("--batch", type=int, default=16)
     v.add_argument("--device")
     v.add_argument("--json", action="store_true")
-    v.add_argument("--trust-checkpoint", action="store_true", help="fully unpickle a local .pt the safe loader refuses (only for files you trust: it can run code)")
+    v.add_argument("--trust-checkpoint", action="store_true",
+                   help="fully unpickle a local .pt the safe loader refuses (only files you trust: it can run code)")
     v.set_defaults(func=_val)
 
 
