@@ -55,6 +55,63 @@ def test_component_readme_lists_inputs_and_outputs(name):
     assert "## Inputs" in readme and "## Outputs" in readme
 
 
+def test_component_docs_are_generated_from_the_code():
+    """README.md and metadata.yaml of every component are what its docstring and signature generate."""
+    from pipelines import component_docs
+
+    assert component_docs.drift() == [], "run: python -m pipelines.component_docs --write"
+    for name in COMPONENTS:
+        meta = yaml.safe_load((ROOT / "components" / name / "metadata.yaml").read_text())
+        spec = load_component(name).component_spec
+        assert meta["name"] == name and meta["stability"] in component_docs.STABILITY
+        assert list(meta["inputs"]) == list(spec.inputs or {})
+        assert set(meta["outputs"]) == set(spec.outputs or {}) | ({"Output"} if "Output" in (spec.outputs or {})
+                                                                  else set())
+
+
+def test_component_docs_drift_is_caught_and_custom_text_kept(tmp_path):
+    from pipelines import component_docs
+
+    folder = tmp_path / "qat"
+    folder.mkdir()
+    for f in ("component.py", "README.md", "metadata.yaml"):
+        (folder / f).write_text((ROOT / "components" / "qat" / f).read_text())
+    assert component_docs.drift(tmp_path) == []
+    readme = (folder / "README.md").read_text()
+    (folder / "README.md").write_text(readme.replace("| `seed` |", "| `random_seed` |") + "\nhand-written\n")
+    meta = (folder / "metadata.yaml").read_text()
+    (folder / "metadata.yaml").write_text(meta.replace("  workers: {type: int, default: 2}\n", ""))
+    assert component_docs.drift(tmp_path) == ["components/qat/README.md", "components/qat/metadata.yaml"]
+    assert component_docs.write(tmp_path) == ["components/qat/README.md", "components/qat/metadata.yaml"]
+    assert component_docs.drift(tmp_path) == [] and "| `seed` |" in (folder / "README.md").read_text()
+    assert (folder / "README.md").read_text().endswith("hand-written\n")  # after the marker: kept
+    (folder / "metadata.yaml").write_text(meta.replace("stability: beta", "stability: gold"))
+    with pytest.raises(UserError, match="stability: 'gold'; expected one of alpha, beta, stable"):
+        component_docs.drift(tmp_path)
+
+
+def test_component_docs_reject_an_undocumented_parameter():
+    from kfp import dsl
+
+    from pipelines import component_docs
+
+    def half_documented(a, b=1):
+        """Do a thing.
+
+        Args:
+            a: The thing.
+
+        Returns:
+            What was done.
+        """
+        return a
+
+    half_documented.__annotations__ = {"a": str, "b": int, "return": str}  # real types: this file defers its own
+    comp = dsl.component(half_documented, base_image=component_image(), install_kfp_package=False)
+    with pytest.raises(UserError, match="parameter `b` is not described under Args:"):
+        component_docs.describe("half_documented", comp=comp)
+
+
 @pytest.mark.parametrize("name", COMPONENTS)
 def test_component_image_is_pinned(name):
     comp = load_component(name)

@@ -19,7 +19,7 @@ import pytest
 
 from mlflow_server import start_mlflow  # tests/ helper: a real `mlflow server` process
 from sparse_core.data.synth import synth_dataset
-from sparse_core.pipeline_cli import run_local
+from pipelines.local import run_local
 from sparse_core.tracking.lineage import file_sha256
 
 STEPS = {"fetch_checkpoint", "prepare_dataset", "sparse_train", "qat", "export_model", "benchmark", "register_model"}

@@ -23,6 +23,9 @@ def benchmark(
 ) -> float:
     """Benchmark the deployment folder; the JSON result and the standard metrics come out.
 
+    Measures throughput, latency percentiles and size (raw and gzip) of the deployment folder on onnxruntime. The
+    cache key includes the CPU, so a speed measured on another machine is never reused.
+
     Args:
         deployment: export_model output.
         result: Output ``benchmark.json`` (img/s, latency percentiles, MB raw/gzip, CPU, versions).

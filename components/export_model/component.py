@@ -20,6 +20,10 @@ def export_model(
 ) -> str:
     """Export ``model/model.pt`` to ``deployment`` (model.onnx, recipe.yaml, data.yaml, export.json, model.pt).
 
+    Exports the trained checkpoint to an ONNX deployment folder (``model.onnx``, ``recipe.yaml``, ``data.yaml``,
+    ``export.json``, plus ``model.pt`` and the training ``summary.json``). ``sparsepipe benchmark``, ``sparsepipe
+    val`` and the registry all take this folder.
+
     Args:
         model: sparse_train or qat output.
         deployment: Output deployment folder, accepted by ``sparsepipe benchmark`` / ``val`` / the registry.

@@ -18,6 +18,9 @@ def fetch_checkpoint(
 ) -> str:
     """Resolve the base model into a folder with ``fetch.json`` (+ ``model.pt`` or the model yaml).
 
+    Resolves the base model (a ``zoo:`` stub, a ``.pt`` path, an ``s3://`` URI or an Ultralytics model yaml name)
+    into a folder that training starts from. The copy is verified by sha256 and cached by content.
+
     Args:
         model: ``zoo:`` stub, ``.pt`` path, ``s3://`` URI or an Ultralytics model yaml name (random init);
             empty for "no model" (an optional teacher).

@@ -28,6 +28,12 @@ def qat(
 ) -> str:
     """Quantization-aware training of ``model``; a pass-through when its recipe has no QuantizationModifier.
 
+    Quantization-aware stage: ``Recipe.split("qat")`` of the resolved recipe that ``sparse_train`` wrote. That is
+    the epoch range, the LR still acting after the QAT start, one ``ConstantPruningModifier`` per pruning modifier
+    (so the zeros stay zero) and the ``QuantizationModifier``. It continues from ``sparse_train``'s ``model.pt``. A
+    recipe without quantization has no QAT stage, so the input passes through unchanged (hard links) and the child
+    run is tagged ``sparsepipe.qat=skipped``.
+
     Args:
         model: sparse_train output (``model.pt`` + ``recipe.full.yaml``).
         dataset: prepare_dataset output.

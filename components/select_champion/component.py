@@ -20,6 +20,10 @@ def select_champion(
 ) -> str:
     """Pick the champion among the registered versions of ``name``.
 
+    Moves the ``champion`` alias to the registered version with the best metric among those meeting a constraint,
+    e.g. max ``images_per_s`` with ``map50>=0.9*dense`` (dense = the version tagged ``baseline=dense``). Used by
+    ``sparsity_sweep`` after its ParallelFor.
+
     Args:
         name: Registered model name.
         candidates: Versions registered by this sweep (fan-in of the ParallelFor; makes this step wait for them).

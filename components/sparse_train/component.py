@@ -33,6 +33,11 @@ def sparse_train(
 ):
     """Train from ``checkpoint`` on ``dataset`` with every recipe modifier except quantization.
 
+    Trains the recipe's pruning and learning-rate stage on Ultralytics: ``Recipe.split("sparse")``, i.e. every
+    modifier except ``QuantizationModifier``, with the epoch range and LR schedules cut at the QAT start epoch. The
+    output holds the recipe's end state (``last.pt``, re-validated) and the whole resolved recipe, which ``qat``
+    splits again.
+
     Args:
         checkpoint: fetch_checkpoint output (base model).
         dataset: prepare_dataset output.

@@ -11,7 +11,8 @@ def _synth(args: argparse.Namespace) -> int:
 
     path = synth_dataset(args.out, task=args.task, n_train=args.train, n_val=args.val, imgsz=args.imgsz,
                          seed=args.seed, n_classes=args.classes)
-    print(path)
+    print(json.dumps({"data": str(path), "train": args.train, "val": args.val, "imgsz": args.imgsz,
+                      "task": args.task}) if args.json else path)
     return 0
 
 
@@ -42,6 +43,7 @@ def register(subparsers) -> None:
     s.add_argument("--imgsz", type=int, default=128, help="image side in pixels")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--classes", type=int, default=3, help="number of classes (shape/colour pairs)")
+    s.add_argument("--json", action="store_true", help="print the data yaml path etc. as one JSON object")
     s.set_defaults(func=_synth)
 
     p = sub.add_parser("prepare", help="validate a YOLO/COCO/VOC data set and write an Ultralytics one")

@@ -26,6 +26,7 @@ import yaml
 
 from sparse_core.checkpoint import checkpoint_model, load_checkpoint, sparsepipe_meta
 from sparse_core.errors import UserError
+from sparse_core.tracking.redaction import redact
 from sparse_core.export import graph
 
 MIN_OPSET, MAX_OPSET = 13, 21  # 13: per-channel QuantizeLinear; 21: newest onnxruntime/onnx we test against
@@ -185,6 +186,9 @@ def export_model(
             raise UserError("weights: checkpoint dict has no 'model' or 'ema' module")
         weights = "<checkpoint dict>"
     else:
+        from sparse_core.sparseml_compat import resolve_sparseml
+
+        weights = resolve_sparseml(weights)  # a SparseML checkpoint is exported from our import of it
         ckpt = load_checkpoint(weights)
     meta = sparsepipe_meta(ckpt)
     model = copy.deepcopy(checkpoint_model(ckpt))
@@ -265,8 +269,8 @@ def export_model(
             )
 
         recipe = meta.get("recipe_resolved") or meta.get("recipe")
-        (tmp / "recipe.yaml").write_text(
-            recipe if recipe else "# dense model: the checkpoint carries no sparsepipe recipe (nothing was sparsified)\n"
+        (tmp / "recipe.yaml").write_text(  # secrets never leave in a deployment folder (same rule as MLflow)
+            redact(recipe) if recipe else "# dense model: the checkpoint carries no sparsepipe recipe (nothing was sparsified)\n"
         )
         data = {"task": task, "nc": len(names), "names": names, "imgsz": imgsz, "stride": stride,
                 "batch": batch, "channels": channels}
@@ -301,6 +305,7 @@ def export_model(
             "data_hash": meta.get("data_hash"),
             "base": meta.get("base"),
         }
+        info = json.loads(redact(json.dumps(info)))
         (tmp / "export.json").write_text(json.dumps(info, indent=2) + "\n")
         _replace_dir(tmp, out)
     finally:

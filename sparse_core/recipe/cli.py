@@ -37,6 +37,7 @@ def register(subparsers) -> None:
     resolve.add_argument("recipe")
     resolve.add_argument("--recipe-args", "--recipe_args", dest="recipe_args", default=None, metavar="JSON")
     resolve.add_argument("--stage", choices=["sparse", "qat"], default=None, help="only this training stage")
+    resolve.add_argument("--json", action="store_true", help="one JSON object {'recipe': YAML text, ...}")
     resolve.set_defaults(func=run_resolve)
 
 
@@ -44,7 +45,10 @@ def run_resolve(args: argparse.Namespace) -> int:
     recipe = load_recipe(_recipe_path(args.recipe), parse_recipe_args(args.recipe_args))
     if args.stage:
         recipe = recipe.split(args.stage)
-    sys.stdout.write(recipe.to_yaml())
+    if args.json:
+        print(json.dumps({"recipe": recipe.to_yaml(), "stage": args.stage}))
+    else:
+        sys.stdout.write(recipe.to_yaml())
     return 0
 
 

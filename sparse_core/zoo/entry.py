@@ -9,7 +9,8 @@ What gets published from a folder:
 - run folder (``sparsepipe train``): ``weights/best.pt`` (as ``model.pt``), recipe ``*.yaml``/``*.md`` (files
   holding a ``Modifier``), ``summary.json``, ``args.yaml``;
 - deployment folder (``sparsepipe export``): ``model.onnx``, ``model.pt`` if present, ``recipe.yaml``,
-  ``data.yaml``, ``export.json``.
+  ``data.yaml``, ``export.json``;
+- a model card ``model.md`` when present (SparseZoo folders, ``sparsepipe zoo import``).
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ from sparse_core.atomic import atomic_dir
 from sparse_core.data.hashing import file_sha256
 from sparse_core.errors import UserError
 from sparse_core.safe_load import check_safe
+from sparse_core.tracking.redaction import redact
 from sparse_core.zoo import cache
 from sparse_core.zoo.store import open_store
 from sparse_core.zoo.stub import FIELDS, Stub, parse_stub, short_name
 
 MANIFEST = "manifest.json"
 CHECKPOINT_NAMES = ("model.pt", "best.pt", "last.pt")
-_NOT_RECIPES = {"args.yaml", "data.yaml", "dataset.yaml"}
+_NOT_RECIPES = {"args.yaml", "data.yaml", "dataset.yaml", "model.md"}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -75,10 +77,26 @@ def collect(src_dir: Path) -> dict[str, tuple[Path, str]]:
             name = p.name if p.parent == src_dir else f"recipes/{p.name}"
             files[name] = (p, "recipe")
     for name, role in (("summary.json", "summary"), ("export.json", "export"), ("data.yaml", "data"),
-                       ("args.yaml", "config")):
+                       ("args.yaml", "config"), ("model.md", "card")):
         if (src_dir / name).is_file():
             files[name] = (src_dir / name, role)
     return files
+
+
+TEXT_ROLES = ("recipe", "summary", "export", "data", "config")
+
+
+def _redacted_text_files(files: dict[str, tuple[Path, str]], staging: Path) -> dict[str, tuple[Path, str]]:
+    """Text files as they will be uploaded: secrets masked as MLflow params are (checkpoints go unchanged)."""
+    out = {}
+    for name, (path, role) in files.items():
+        if role in TEXT_ROLES:
+            clean = staging / name
+            clean.parent.mkdir(parents=True, exist_ok=True)
+            clean.write_text(redact(path.read_text(errors="replace")))
+            path = clean
+        out[name] = (path, role)
+    return out
 
 
 def publish(src_dir, stub: str, zoo: str | None = None, overwrite: bool = False) -> dict:
@@ -88,6 +106,8 @@ def publish(src_dir, stub: str, zoo: str | None = None, overwrite: bool = False)
         raise UserError(f"{stub}: publish needs a full stub; expected zoo:" + "/".join(f.upper() for f in FIELDS))
     store = open_store(zoo)
     files = collect(Path(src_dir))
+    staging = tempfile.TemporaryDirectory(prefix="sparsepipe-publish-")
+    files = _redacted_text_files(files, Path(staging.name))
     if store.exists(f"{parsed.path}/{MANIFEST}") and not overwrite:
         raise UserError(f"{stub}: already published in {store.uri}; expected a new stub (or --overwrite)")
     entries, recipes = [], {}
@@ -104,9 +124,11 @@ def publish(src_dir, stub: str, zoo: str | None = None, overwrite: bool = False)
     for name, (path, _role) in sorted(files.items()):
         store.upload(f"{parsed.path}/{name}", path)
     with tempfile.TemporaryDirectory() as tmp:
+        manifest = json.loads(redact(json.dumps(manifest)))
         manifest_path = Path(tmp) / MANIFEST
         manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
         store.upload(f"{parsed.path}/{MANIFEST}", manifest_path)
+    staging.cleanup()
     return manifest
 
 

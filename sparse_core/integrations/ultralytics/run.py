@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -51,7 +52,27 @@ def _check_data(data: str | os.PathLike) -> dict:
             target = inside_root(root, entry, f"{path}: field '{key}'")
             if not target.exists():
                 raise UserError(f"{path}: field '{key}': {target} does not exist")
+            if target.is_dir() and not _has_image(target):
+                raise UserError(f"{path}: field '{key}': {target} holds no images (expected .jpg/.png/... files)")
     return cfg
+
+
+def _has_image(folder: Path) -> bool:
+    from sparse_core.data.labels import IMAGE_EXTS
+
+    return any(p.suffix.lower() in IMAGE_EXTS for p in folder.rglob("*"))
+
+
+def _check_onnx(path: Path) -> None:
+    """A file onnxruntime cannot parse is bad input: say so before Ultralytics logs anything."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # protobuf DecodeError, truncated file, ...
+        raise UserError(f"{path}: not a readable ONNX model ({type(err).__name__})") from None
+    if not proto.graph.node or not proto.graph.input:
+        raise UserError(f"{path}: not an ONNX model (no graph); expected a file written by 'sparsepipe export'")
 
 
 def _model_task(model: str, ckpt: dict | None) -> str:
@@ -70,6 +91,9 @@ def _resolve_model(model: str, zoo: str | None) -> tuple[str, dict | None]:
     if not model.endswith(MODEL_SUFFIXES):
         raise UserError(f"--model {model}: expected an Ultralytics model yaml, a .pt checkpoint or a zoo: stub")
     if model.endswith(".pt"):
+        from sparse_core.sparseml_compat import resolve_sparseml
+
+        model = str(resolve_sparseml(model))  # a SparseML checkpoint trains from our import of it
         return model, load_checkpoint(model)
     from ultralytics.nn.tasks import yaml_model_load
 
@@ -150,6 +174,7 @@ def train(
     recipe_epochs = rec.num_epochs() if rec is not None else None
     n_epochs = math.ceil(recipe_epochs) if recipe_epochs else (epochs or 100)
     save_dir = (Path(project) / name).resolve()
+    fresh = not save_dir.exists()
     args = {
         "model": model,
         "data": str(Path(data).resolve()),
@@ -175,12 +200,14 @@ def train(
 
     teacher = resolve_spec(teacher, zoo)
     run_meta = {"base": base, **(meta or {}), **({"teacher": teacher} if teacher else {})}
+    if ckpt is not None and sparsepipe_meta(ckpt).get("sparseml_source"):  # lineage of an imported SparseML model
+        run_meta["sparseml_source"] = sparsepipe_meta(ckpt)["sparseml_source"]
     tracker = _start_tracker(mlflow, experiment, name, parent_run_id, rec, data, run_meta)
     params = {"base": base, "data_hash": run_meta.get("data_hash"), "recipe_args": rec.args if rec else None,
               "gradient_accum_steps": gradient_accum_steps}
     sparse = SparseRun(recipe=rec, seed=seed, meta=run_meta, teacher=teacher,
                        callbacks=[*training_callbacks(tracker, rec, params), *(callbacks or [])])
-    return _run(TRAINERS[task](overrides=args, sparse=sparse), save_dir, tracker)
+    return _run(TRAINERS[task](overrides=args, sparse=sparse), save_dir, tracker, remove_on_failure=fresh)
 
 
 def _start_tracker(uri, experiment, name, parent_run_id, rec, data, run_meta, run_id=None):
@@ -216,7 +243,7 @@ def _resume(ckpt_path: str, data: str | None, workers: int | None, callbacks: li
         overrides["data"] = str(Path(data).resolve())
     if workers is not None:
         overrides["workers"] = workers
-    keep = {k: meta[k] for k in ("base", "data_hash", "mlflow_run_id", "teacher") if k in meta}
+    keep = {k: meta[k] for k in ("base", "data_hash", "mlflow_run_id", "teacher", "sparseml_source") if k in meta}
     tracker = _start_tracker(mlflow, "sparsepipe", None, None, rec, None, keep, run_id=keep.get("mlflow_run_id"))
     sparse = SparseRun(recipe=rec, seed=int(meta.get("seed", 0)), resume_meta=meta, meta=keep, teacher=keep.get("teacher"),
                        callbacks=[*training_callbacks(tracker, None, {}), *(callbacks or [])])
@@ -232,13 +259,18 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _run(trainer, save_dir: Path, tracker) -> dict:
-    """Train, summarise and record; the MLflow run ends FAILED if anything goes wrong."""
+def _run(trainer, save_dir: Path, tracker, remove_on_failure: bool = False) -> dict:
+    """Train, summarise and record; the MLflow run ends FAILED if anything goes wrong.
+
+    A new run that fails before its first ``last.pt`` leaves nothing behind (``remove_on_failure``); one with a
+    ``last.pt`` is kept so ``--resume`` can continue it."""
     try:
         summary = _train_and_summarise(trainer, save_dir)
         log_run_artifacts(tracker, trainer.sparse.recipe, save_dir, summary)
     except BaseException:
         tracker.finish("FAILED")
+        if remove_on_failure and not (save_dir / "weights" / "last.pt").exists():
+            shutil.rmtree(save_dir, ignore_errors=True)
         raise
     tracker.finish()
     return summary
@@ -252,8 +284,8 @@ def _train_and_summarise(trainer, save_dir: Path) -> dict:
     try:
         trainer.train()
     except RuntimeError as err:
-        if "Dataset" in str(err) and "error" in str(err):
-            raise UserError(str(err).splitlines()[0]) from None
+        if ("Dataset" in str(err) and "error" in str(err)) or "No valid images found" in str(err):
+            raise UserError(f"{trainer.args.data}: {str(err).splitlines()[0]}") from None
         raise
     weights = Path(trainer.best if trainer.best.exists() else trainer.last)
     ckpt = load_checkpoint(weights)
@@ -306,6 +338,9 @@ def val(weights: str, data: str | None = None, imgsz: int | None = None, batch: 
     task = "detect"
     deploy_cfg = {}
     if path.suffix == ".pt":
+        from sparse_core.sparseml_compat import resolve_sparseml
+
+        path = resolve_sparseml(path)  # a SparseML checkpoint is validated through our import of it
         ckpt = load_checkpoint(path)
         task = _model_task(str(path), ckpt)
         imgsz = imgsz or sparsepipe_meta(ckpt).get("imgsz") or ckpt.get("train_args", {}).get("imgsz") or 640
@@ -313,6 +348,7 @@ def val(weights: str, data: str | None = None, imgsz: int | None = None, batch: 
     elif path.suffix == ".onnx":
         if (path.parent / "data.yaml").is_file():
             deploy_cfg = yaml.safe_load((path.parent / "data.yaml").read_text()) or {}
+        _check_onnx(path)
         task = deploy_cfg.get("task", task)
         imgsz = imgsz or deploy_cfg.get("imgsz") or 640
         batch = 1  # exported graphs have a static batch

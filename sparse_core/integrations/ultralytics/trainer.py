@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sparse_core import progress
 from sparse_core.checkpoint import save_atomic
 from sparse_core.safe_load import guard_ultralytics, load_pt
 from sparse_core.integrations.ultralytics import offline  # noqa: F401  (sets YOLO_OFFLINE before ultralytics)
@@ -65,6 +66,7 @@ class SparseTrainerMixin:
             ("on_train_batch_start", _batch_start),
             ("on_train_epoch_end", _epoch_end),
             ("on_train_end", _train_end),
+            ("on_fit_epoch_end", progress.on_fit_epoch_end),
             *sparse.callbacks,
         ):
             self.add_callback(event, fn)
