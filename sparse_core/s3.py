@@ -36,7 +36,10 @@ def _cause(err: Exception) -> str:
 def download_file(uri: str) -> Path:
     """The object at ``uri`` in a new temp folder, under its own name."""
     bucket, key = split_uri(uri)
-    dest = Path(tempfile.mkdtemp(prefix="sparsepipe-s3-")) / Path(key).name
+    name = key.rsplit("/", 1)[-1]
+    if name in ("", ".", ".."):
+        raise UserError(f"{uri}: key {key!r} does not name a file; expected s3://BUCKET/path/to/file")
+    dest = Path(tempfile.mkdtemp(prefix="sparsepipe-s3-")) / name
     try:
         client().download_file(bucket, key, str(dest))
     except Exception as err:  # noqa: BLE001 - botocore raises many types; the user needs the URI and the reason
@@ -58,12 +61,24 @@ def listing(uri: str) -> list[tuple[str, str, int]]:
     return sorted(rows)
 
 
+def relative_key(uri: str, key: str) -> str:
+    """Where object ``key`` listed under prefix ``uri`` lands below the download folder; a key that would land
+    outside it ('..', '.', empty parts, which AWS S3 allows in keys) is refused."""
+    bucket, prefix = split_uri(uri, "PREFIX")
+    rel = key[len(prefix):].lstrip("/") or key.rsplit("/", 1)[-1]
+    if any(part in ("", ".", "..") for part in rel.split("/")) or "\\" in rel:
+        raise UserError(f"s3://{bucket}/{key}: key escapes the data set folder; expected keys below {uri} "
+                        "without '..' or empty parts")
+    return rel
+
+
 def download_prefix(uri: str, dest: Path) -> Path:
-    """Every object under ``uri`` into ``dest`` (keys relative to the prefix); the file itself for a single key."""
+    """Every object under ``uri`` into ``dest`` (keys relative to the prefix); the file itself for a single key.
+    Every key is checked before anything is written."""
     bucket, prefix = split_uri(uri, "PREFIX")
     s3 = client()
-    for key, _, _ in listing(uri):
-        rel = key[len(prefix):].lstrip("/") or Path(key).name
+    files = {key: relative_key(uri, key) for key, _, _ in listing(uri)}
+    for key, rel in files.items():
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         s3.download_file(bucket, key, str(target))

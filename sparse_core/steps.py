@@ -121,6 +121,10 @@ def fetch_checkpoint(model: str, out: str, zoo: str = "", ctx: StepContext = Ste
             log_outcome(tracker, False, "", tags={"sparsepipe.fetch": "none"})
             return result
         source = _resolve_source(model, zoo)
+        if source is not None and source.suffix == ".pt":
+            from sparse_core.safe_load import check_safe
+
+            check_safe(source, f"model {model}")  # pipelines never fully unpickle a checkpoint
         parts = {"source": model, "sha256": file_sha256(source) if source else model}
 
         def compute(o: Path) -> dict:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sparse_core.data.labels import Item, Obj, Problems, box_of_polygon, is_file, number, pixel_box, polygon
+from sparse_core.data.labels import (Item, Obj, Problems, box_of_polygon, is_file, number, pixel_box, polygon,
+                                       safe_name)
 from sparse_core.errors import UserError
 
 MAX_RLE_PIXELS = 1 << 26  # 8192 x 8192: an RLE mask larger than that is refused before it is allocated
@@ -226,6 +227,7 @@ def _images(data: dict, path: Path, src: Path, split: str, problems: Problems) -
         if img["id"] in by_id:
             problems.add(where, f"duplicate image id {img['id']}; expected unique ids")
             continue
+        safe_name(img["file_name"], f"{path}: images[{i}].file_name")
         file = _find_image(img["file_name"], path, src)
         if file is None:
             problems.add(where, f"image file {img['file_name']!r} not found; expected it next to {path.name}, "

@@ -237,6 +237,10 @@ def pull_model(spec: str, out, tracking_uri: str | None = None) -> Path:
             if want and sha != want:
                 raise UserError(f"model {spec!r}: downloaded model.onnx sha256 {sha[:12]}… differs from the "
                                 f"registered {want[:12]}…; the stored artifact is corrupt")
+            from sparse_core.safe_load import check_safe
+
+            for pt in sorted(folder.glob("*.pt")):  # a registry file is data: never one that needs full unpickling
+                check_safe(pt, f"model {spec!r}")
             (folder / SOURCE_FILE).write_text(json.dumps({
                 "name": mv.name, "version": str(mv.version), "aliases": list(mv.aliases or []),
                 "run_id": mv.run_id, "model_uri": f"models:/{mv.name}/{mv.version}", "onnx_sha256": sha,

@@ -46,9 +46,11 @@ def _check_data(data: str | os.PathLike) -> dict:
     root = Path(cfg.get("path") or path.parent)
     if not root.is_absolute():
         root = (path.parent / root).resolve()
+    from sparse_core.data.labels import inside_root
+
     for key in ("train", "val"):
         for entry in cfg[key] if isinstance(cfg[key], list) else [cfg[key]]:
-            target = Path(entry) if Path(entry).is_absolute() else root / entry
+            target = inside_root(root, entry, f"{path}: field '{key}'")
             if not target.exists():
                 raise UserError(f"{path}: field '{key}': {target} does not exist")
             if target.is_dir() and not _has_image(target):
