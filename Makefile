@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export YOLO_OFFLINE := 1
 export SPARSEPIPE_HOME ?= $(CURDIR)/.sparsepipe
 
-.PHONY: install services test demo bench clean
+.PHONY: install services test demo bench clean deepsparse-venv
 
 install: $(STAMP)
 	@# Debian chromium: the MLflow UI compare-page test renders the page headless (~80 s to apt-get once, as root)
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml scripts/install.sh
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-test: install services
+test: install services deepsparse-venv
 	$(BIN)/python -m pytest -x -q tests
 
 # PostgreSQL backs the MLflow server tests; it runs on this machine kind, but start it if it is down.
@@ -30,8 +30,12 @@ services:
 demo: install
 	$(BIN)/python -m sparse_core.demo
 
-bench: install
+bench: install deepsparse-venv
 	$(BIN)/python benchmarks/speed.py
 
+# DeepSparse 1.8 needs numpy<2: its own venv (gitignored), driven by `benchmark --engine deepsparse` in a subprocess
+deepsparse-venv:
+	PIP_FLAGS=-q sh scripts/deepsparse_venv.sh .venv-deepsparse
+
 clean:
-	rm -rf $(VENV) .sparsepipe runs
+	rm -rf $(VENV) .venv-deepsparse .sparsepipe runs

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from sparse_core.errors import UserError
-from sparse_core.tracking.record import bench_metrics
+from sparse_core.tracking.record import bench_metrics, bench_params
 
 ERRORS_ENV = "SPARSEPIPE_STEP_ERRORS"
 TAG_STEP = "sparsepipe.step"
@@ -756,13 +756,14 @@ def export_model(model: str, out: str, imgsz: int = 0, batch: int = 1, opset: in
 
 def benchmark(model: str, out: str, engine: str = "onnxruntime", threads: int = 0, seconds: float = 0.0,
               iterations: int = 50, warmup: int = 5, mlflow_uri: str = "", experiment: str = "sparsepipe",
-              parent_run_id: str = "", cache_dir: str = "", step: str = "benchmark") -> dict:
+              parent_run_id: str = "", cache_dir: str = "", step: str = "benchmark", precision: str = "") -> dict:
     """Throughput/latency/size of the deployment folder ``model`` (``sparse_core.bench``); ``out`` is a JSON file.
 
     Cached per (model.onnx sha256, engine, threads, run length, CPU model): a speed measured on another CPU is not
     reused.
     """
-    params = {"engine": engine, "threads": threads, "seconds": seconds, "iterations": iterations, "warmup": warmup}
+    params = {"engine": engine, "threads": threads, "seconds": seconds, "iterations": iterations, "warmup": warmup,
+              "precision": precision or "default"}
     with step_run(step, params, mlflow_uri, experiment, parent_run_id) as tracker:
         from sparse_core.bench import benchmark as bench
         from sparse_core.bench.cpu import cpu_info
@@ -775,7 +776,8 @@ def benchmark(model: str, out: str, engine: str = "onnxruntime", threads: int = 
         threads_n = int(threads) or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                      else os.cpu_count() or 1)
         cpu = cpu_info()
-        parts = {"onnx": _sha256(onnx_path), "engine": engine, "threads": threads_n, "seconds": float(seconds),
+        parts = {"onnx": _sha256(onnx_path), "engine": engine, "precision": precision, "threads": threads_n,
+                 "seconds": float(seconds),
                  "iterations": int(iterations), "warmup": int(warmup),
                  "cpu": {k: cpu.get(k) for k in ("model", "isa", "flags", "available_cpus")}}
         out_path = Path(out)
@@ -783,7 +785,7 @@ def benchmark(model: str, out: str, engine: str = "onnxruntime", threads: int = 
         def compute(o: Path) -> dict:
             res = bench(str(deploy), engine=engine, threads=threads_n, warmup=int(warmup),
                         iterations=int(iterations) if not float(seconds) else None,
-                        seconds=float(seconds) or None)
+                        seconds=float(seconds) or None, precision=precision or None)
             res["model"] = "model.onnx"
             _write_json(o / "benchmark.json", res)
             return res
@@ -791,6 +793,7 @@ def benchmark(model: str, out: str, engine: str = "onnxruntime", threads: int = 
         result, hit, key = cached(step, parts, out_path.parent / f".{out_path.name}.d", compute, cache_dir)
         _write_json(out_path, result)
         shutil.rmtree(out_path.parent / f".{out_path.name}.d", ignore_errors=True)
+        tracker.log_params(bench_params(result))
         _log_outcome(tracker, hit, key, metrics=bench_metrics(result), artifacts=[out_path])
         return result
 

@@ -12,6 +12,7 @@ def benchmark(
     result: Output[Artifact],
     metrics: Output[Metrics],
     engine: str = "onnxruntime",
+    precision: str = "",
     threads: int = 0,
     seconds: float = 0.0,
     iterations: int = 50,
@@ -26,8 +27,10 @@ def benchmark(
     Args:
         deployment: export_model output.
         result: Output ``benchmark.json`` (img/s, latency percentiles, MB raw/gzip, CPU, versions).
-        metrics: images_per_s, latency_p50_ms, latency_p90_ms, size_mb, size_gzip_mb.
-        engine: ``onnxruntime`` (or ``deepsparse`` when installed in the image).
+        metrics: images_per_s, latency_p50_ms, latency_p90_ms, size_mb, size_gzip_mb, integer_conv_mac_share.
+        engine: ``onnxruntime``, ``openvino``, or ``deepsparse`` (when its side venv is in the image).
+        precision: OpenVINO inference precision ``f32``/``bf16``/``f16``; empty keeps OpenVINO's default (bf16 on
+            AVX512_BF16/AMX CPUs). The resolved precision is in the result and logged as an MLflow param.
         threads: Inference threads; 0 = the CPUs this pod may use.
         seconds: Measure for this long (0 = use ``iterations``).
         iterations: Timed iterations when ``seconds`` is 0.
@@ -44,7 +47,7 @@ def benchmark(
 
     res = steps.benchmark(model=deployment.path, out=result.path, engine=engine, threads=threads, seconds=seconds,
                           iterations=iterations, warmup=warmup, mlflow_uri=mlflow_uri, experiment=experiment,
-                          parent_run_id=parent_run_id, cache_dir=cache_dir)
+                          parent_run_id=parent_run_id, cache_dir=cache_dir, precision=precision)
     for key, value in steps.bench_metrics(res).items():
         metrics.log_metric(key, float(value))
     return float(res["images_per_s"])

@@ -42,6 +42,10 @@ def register(sub) -> None:
     v.add_argument("--imgsz", type=int)
     v.add_argument("--batch", type=int, default=16)
     v.add_argument("--device")
+    v.add_argument("--engine", choices=("onnxruntime", "openvino"), default=None,
+                   help="runtime for an exported model: onnxruntime (default) or openvino (mAP of an OpenVINO deployment)")
+    v.add_argument("--precision", choices=("f32", "bf16", "f16"), default=None,
+                   help="OpenVINO inference precision (default: OpenVINO's own, bf16 on AVX512_BF16/AMX CPUs)")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=_val)
 
@@ -92,8 +96,20 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _val(args: argparse.Namespace) -> int:
+    from sparse_core.errors import UserError
     from sparse_core.integrations.ultralytics import val
 
+    if args.engine or args.precision:
+        if str(args.weights).endswith(".pt"):
+            raise UserError(f"--engine/--precision: {args.weights} is a checkpoint; expected an exported .onnx or "
+                            "deployment folder (export it with `sparsepipe export`)")
+        if not args.data:
+            raise UserError("val needs --data D.yaml")
+        from sparse_core.onnx_val import val_onnx
+
+        _print(val_onnx(args.weights, args.data, imgsz=args.imgsz, batch=None, engine=args.engine or "onnxruntime",
+                        precision=args.precision), args.json)
+        return 0
     _print(val(args.weights, data=args.data, imgsz=args.imgsz, batch=args.batch, device=args.device), args.json)
     return 0
 
