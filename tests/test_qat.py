@@ -61,7 +61,7 @@ def pruned(data, tmp_path_factory) -> tuple[Path, dict[str, int], int]:
     torch.save(ckpt, path)
     from sparse_core.export.export import conv_zero_count
 
-    return path, conv_zeros(model), conv_zero_count(model)[0]  # the last one counts the DFL's fixed weights too
+    return path, conv_zeros(model), conv_zero_count(model)[0]  # as export counts (the DFL is not a Conv there)
 
 
 @pytest.fixture(scope="module")

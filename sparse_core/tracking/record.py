@@ -53,6 +53,10 @@ def record_export(deploy_dir: str | Path, info: dict, uri: str | None, register:
     tracker.log_metrics({"size_mb": info["size_bytes"] / 1e6, "size_gzip_mb": info["size_gzip_bytes"] / 1e6,
                          "export_sparsity": info.get("sparsity", 0.0)})
     tracker.set_tags({TAG_ONNX_SHA256: info.get("sha256", ""), "quantized": str(info.get("quantized"))})
+    acc = info.get("accuracy") or {}
+    if "map50_95" in acc:  # exported INT8 scored on both engines against the fake-quant model
+        tracker.log_metrics({f"export_map50_95_{k}": v for k, v in acc["map50_95"].items()})
+        tracker.set_tags({"export_accuracy_drop_flagged": str(acc["flagged"])})
     tracker.log_artifact(deploy_dir, "deployment")
     tracker.finish()
     out = {"mlflow_run_id": tracker.run_id}
