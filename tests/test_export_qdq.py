@@ -137,6 +137,10 @@ def test_export_opset_imports_only_what_it_uses(qdq):
     proto = onnx.load(str(out / "model.onnx"))
     assert [o.domain for o in proto.opset_import] == [""] and info["opset_imports"] == {"ai.onnx": 17}
     assert info["accuracy"]["skipped"].startswith("no data yaml")  # a dict checkpoint without training data
+    ds = onnx.load(str(out / info["deepsparse"]["file"]))  # the QLinearConv form DeepSparse compiles
+    assert [o.domain for o in ds.opset_import] == [""] and ds.ir_version == 8
+    assert info["deepsparse"]["node_types"]["QLinearConv"] == info["ort_optimized"]["integer_convs"]
+    assert info["deepsparse"]["per_tensor_weights"] is False  # this model's weights are per-channel
 
 
 def test_accuracy_gate_on_both_engines(tmp_path):

@@ -32,7 +32,7 @@ def main() -> int:
         out.write(json.dumps({"error": f"{type(err).__name__}: {err}"[:400]}) + "\n")
         return 1
     log.seek(0)
-    text = log.read().decode(errors="replace")[-20000:]
+    text = log.read().decode(errors="replace")[-400000:]
     out.write(json.dumps({"version": getattr(deepsparse, "__version__", "unknown"), "log": text}) + "\n")
     for line in sys.stdin:
         if line.strip() != "run":

@@ -22,6 +22,7 @@ from sparse_core.bench.cpu import cpu_info
 from sparse_core.errors import UserError
 from sparse_core.export import graph
 from sparse_core.export.graph import deployment_model
+from sparse_core.export.qdq import DEEPSPARSE_FILE
 
 ENGINES = ("onnxruntime", "openvino", "deepsparse")
 DEFAULT_SECONDS = 10.0
@@ -199,6 +200,8 @@ def benchmark(
     models = []
     for p in [model] + ([compare] if compare is not None else []):
         path = deployment_model(p)
+        if engine == "deepsparse" and (path.parent / DEEPSPARSE_FILE).is_file():
+            path = path.parent / DEEPSPARSE_FILE  # the QDQ export's QLinearConv form, what DeepSparse compiles
         proto = graph.load_onnx(path)
         shape, dtype = _input_shape(path, proto, batch, imgsz)
         models.append(_Model(path, shape, _facts(path, proto), dtype))
