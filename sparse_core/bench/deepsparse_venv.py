@@ -71,7 +71,7 @@ def load(path: Path, x: np.ndarray, threads: int) -> Loaded:
     extra = {"native_share": share, "deepsparse_refusals": refused[:20], "deepsparse_log_tail": hello["log"][-2000:],
              "python": str(python()), "fallback_note": "part of the graph runs in DeepSparse's bundled onnxruntime"
              if fallback else None}
-    return Loaded(run, hello["version"], "f32 (int8 where compiled natively)", extra=extra)
+    return Loaded(run, hello["version"], "f32 (int8 where compiled natively)", extra=extra, close=proc.kill)
 
 
 if __name__ == "__main__":  # `python -m sparse_core.bench.deepsparse_venv` prints the side venv's interpreter

@@ -34,6 +34,7 @@ class Loaded:
     precision: str
     profile: Callable[[int], dict] = field(default=lambda n: {})
     extra: dict = field(default_factory=dict)
+    close: Callable[[], None] = field(default=lambda: None)
 
 
 def _fail(engine: str, path: Path, err: Exception) -> UserError:

@@ -159,6 +159,14 @@ def _time(models: list[_Model], warmup: int, iterations: int | None, seconds: fl
     return time.perf_counter() - start
 
 
+def interleaved(runs: dict[str, Callable[[], Any]], warmup: int, seconds: float) -> dict[str, list[float]]:
+    """Latencies (s) of several already loaded models timed in one process by the rules of ``benchmark``:
+    untimed warm-up per model, ABBA blocks of ~``BLOCK_S`` each starting with an untimed run."""
+    models = [_Model(Path(name), [], {}, run=run) for name, run in runs.items()]
+    _time(models, warmup, None, seconds)
+    return {name: m.latencies for name, m in zip(runs, models)}
+
+
 def _explain(m: _Model, engine: str, profile_runs: int) -> dict[str, Any]:
     """Per-op-type time and the share of conv MACs the engine ran in integer kernels (see ``why``)."""
     if engine == "deepsparse" or profile_runs <= 0:

@@ -190,9 +190,8 @@ def deepsparse_form(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
     ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"],
                          disabled_optimizers=["QDQPropagationTransformer"])
     model = onnx.load(str(dst))
-    foreign = {n.domain for n in model.graph.node} - {"", "ai.onnx"}
-    if foreign:
-        raise RuntimeError(f"DeepSparse form: onnxruntime wrote contrib ops ({sorted(foreign)}); expected ai.onnx only")
+    # recipes quantizing residual adds/activations get onnxruntime contrib ops (QLinearAdd...): kept and reported
+    contrib = sorted({n.op_type for n in model.graph.node if n.domain not in ("", "ai.onnx")})
     float_convs = float_weights_for_float_convs(model)
     strip_unused_opsets(model)
     model.ir_version = 8
@@ -201,4 +200,5 @@ def deepsparse_form(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
     scales = [numpy_helper.to_array(t).size for n in model.graph.node if n.op_type == "QLinearConv"
               for t in model.graph.initializer if t.name == n.input[4]]
     return {"file": DEEPSPARSE_FILE, "node_types": node_histogram(model), "float_weight_convs": float_convs,
+            "contrib_ops": contrib,
             "per_tensor_weights": bool(scales) and all(s == 1 for s in scales)}
