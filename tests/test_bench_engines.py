@@ -139,3 +139,20 @@ def test_benchmark_step_engine_precision_in_mlflow(models, tmp_path):
     assert params["bench.engine"] == "openvino" and params["bench.precision"] == "f32"
     assert params["bench.engine_version"] == res["engine_version"] and params["precision"] == "f32"
     assert runs[0].data.metrics["images_per_s"] > 0 and "integer_conv_mac_share" in runs[0].data.metrics
+
+
+def test_interleaved_protocol_counts_untimed_runs():
+    """make bench's timing: warm-up and the first run of every block are untimed; both models are timed."""
+    from sparse_core.bench.runner import interleaved
+
+    calls = {"a": 0, "b": 0}
+
+    def runner(name):
+        def run():
+            calls[name] += 1
+        return run
+
+    lat = interleaved({"a": runner("a"), "b": runner("b")}, warmup=2, seconds=0.05)
+    for name in ("a", "b"):
+        assert lat[name] and all(t >= 0 for t in lat[name])
+        assert calls[name] > len(lat[name]) + 2  # 2 warm-up runs, 1 block-sizing probe, 1 untimed run per block
