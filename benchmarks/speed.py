@@ -134,13 +134,25 @@ def engines_available() -> list[tuple[str, str | None]]:
     """(engine, precision) columns: onnxruntime, OpenVINO f32 and default, DeepSparse if its side venv exists."""
     from sparse_core.bench import deepsparse_venv
 
-    cols = [("onnxruntime", None), ("openvino", "f32"), ("openvino", None)]
+    cols = [("onnxruntime", None), ("openvino", "f32"), ("openvino", None), ("openvino-nncf-int8", None)]
     try:
         deepsparse_venv.python()
         cols.append(("deepsparse", None))
     except Exception as err:  # UserError naming the missing venv
         log(f"DeepSparse column skipped: {err}")
     return cols
+
+
+def nncf_int8(row: dict, data: Path, imgsz: int) -> Path:
+    """The deployment's FP32 model quantized by NNCF for OpenVINO (what `export format=openvino int8=True` gives)."""
+    from sparse_core.export import openvino_int8
+
+    xml = Path(row["deploy"]) / "openvino_int8" / "model.xml"
+    if not xml.is_file():
+        log(f"{Path(row['deploy']).name}: NNCF post-training INT8 for OpenVINO")
+        openvino_int8.ptq(Path(row["deploy"]) / "model.onnx", xml,
+                          openvino_int8.calibration_images(data, imgsz))
+    return xml
 
 
 def load_column(rows: dict, engine: str, precision: str | None, imgsz: int, threads: int) -> dict:
@@ -152,7 +164,10 @@ def load_column(rows: dict, engine: str, precision: str | None, imgsz: int, thre
     loaded = {}
     for name, row in rows.items():
         path = deployment_model(row["deploy"])
-        if engine == "onnxruntime":
+        if engine == "openvino-nncf-int8":
+            if row["variant"] != "pq":  # PQ is INT8 already (QAT)
+                loaded[name] = engines.openvino(Path(row["nncf_int8"]), x, threads, precision)
+        elif engine == "onnxruntime":
             loaded[name] = engines.onnxruntime(path, x, threads, spinning=False)
         elif engine == "openvino":
             loaded[name] = engines.openvino(path, x, threads, precision)
@@ -206,12 +221,19 @@ def _col_title(col: str, cells: dict) -> str:
     seen = sorted({c["precision"] for k, c in cells.items() if k.endswith(f"|{col}")})
     if engine == "openvino":
         return f"OpenVINO {'default ' if precision == 'default' else ''}({'/'.join(seen)})"
-    return {"onnxruntime": "onnxruntime (f32, int8 QDQ)", "deepsparse": "DeepSparse 1.8"}.get(engine, engine)
+    return {"onnxruntime": "onnxruntime (f32, int8 QDQ)", "deepsparse": "DeepSparse 1.8",
+            "openvino-nncf-int8": f"OpenVINO NNCF INT8 PTQ ({'/'.join(seen)})"}.get(engine, engine)
 
 
 def _ratio(res: dict, size: str, a: str, b: str, col: str) -> float:
     c = res["cells"]
     return c[f"v8{size}-{a}|{col}"]["images_per_s"] / c[f"v8{size}-{b}|{col}"]["images_per_s"]
+
+
+def _ratio_across(res: dict, size: str, col: str) -> float:
+    """Our QAT PQ model on OpenVINO's default precision vs NNCF's post-training INT8 of the thin model."""
+    c = res["cells"]
+    return c[f"v8{size}-pq|openvino|default"]["images_per_s"] / c[f"v8{size}-thin|{col}"]["images_per_s"]
 
 
 def speed_table(res: dict, rows: dict) -> list[str]:
@@ -221,7 +243,10 @@ def speed_table(res: dict, rows: dict) -> list[str]:
     for name, row in rows.items():
         vals = []
         for col in cols:
-            c = cells[f"{name}|{col}"]
+            c = cells.get(f"{name}|{col}")
+            if c is None:
+                vals.append("—")
+                continue
             native = f" ({c['native_share']:.0%} native)" if c.get("native_share") is not None else ""
             vals.append(f"{c['images_per_s']:.1f}{native}")
         lines.append(f"| v8{row['size']} {row['variant']} | " + " | ".join(vals)
@@ -235,6 +260,10 @@ def targets(res: dict, sizes: list[str]) -> list[str]:
     out = []
     for size in sizes:
         for col in cols:
+            if f"v8{size}-pq|{col}" not in res["cells"]:
+                out.append(f"- v8{size} {col}: thin/dense {_ratio(res, size, 'thin', 'dense', col):.2f}x; PQ from "
+                           f"QAT vs this column's thin: {_ratio_across(res, size, col):.2f}x")
+                continue
             out.append(f"- v8{size} {col}: thin/dense {_ratio(res, size, 'thin', 'dense', col):.2f}x, "
                        f"PQ/thin {_ratio(res, size, 'pq', 'thin', col):.2f}x, "
                        f"PQ/dense {_ratio(res, size, 'pq', 'dense', col):.2f}x")
@@ -277,7 +306,12 @@ def markdown(res: dict, rows: dict, args, loads: tuple) -> str:
         f"- {args.imgsz}x{args.imgsz} px, {args.threads} threads, batch 1; every model on every engine loaded in one "
         "process and timed interleaved (ABBA blocks, untimed run at each switch, onnxruntime threads not spinning), "
         f"~{args.seconds:g} s each; one engine column at a time (its models interleaved); images/s.",
-        f"- Versions: {res['versions']}.", "",
+        f"- Versions: {res['versions']}.",
+        f"- Training (speed does not depend on the weights): {args.n_train} images at {args.train_imgsz} px; dense "
+        f"{args.dense_epochs} epochs from the yaml, thin +{args.prune_epochs} epochs structured GMP removing "
+        f"{args.channel_sparsity:.0%} of every coupled channel group, PQ +{max(args.qat_epochs, 2)} epochs INT8 QAT "
+        "(per-tensor weights). DeepSparse runs `model.deepsparse.onnx`; its cell says how much it compiled natively.",
+        "",
         *speed_table(res, rows), "",
         "Ratios and the issue's targets in this run:", "", *targets(res, args.models), "",
         "Accuracy (generated shapes set: easy, says only that the variants are trained):", "", *acc, "",
@@ -323,6 +357,9 @@ def main() -> int:
                              imgsz=args.train_imgsz, seed=0, n_classes=args.classes)
     ckpts = {(size, v): p for size in args.models for v, p in build(args, work, data, size).items()}
     rows = export_all(args, work, data, ckpts)
+    for row in rows.values():
+        if row["variant"] != "pq":
+            row["nncf_int8"] = str(nncf_int8(row, data, args.imgsz))
     start_load = os.getloadavg()[0]
     log(f"CPU ISA {cpu_info()['isa']}; load average {start_load:.1f}")
     res = measure(args, rows)

@@ -22,7 +22,8 @@ import numpy as np
 from sparse_core.errors import UserError
 
 PRECISIONS = ("f32", "bf16", "f16")
-QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
+INT8_ELTWISE = "Subgraph (int8: FakeQuantize + eltwise)"
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", INT8_ELTWISE})
 
 
 @dataclass
@@ -141,7 +142,10 @@ def ov_profile(path: Path, x: np.ndarray, threads: int, precision: str | None, i
         for p in request.profiling_info:
             if p.status != p.Status.EXECUTED:
                 continue
-            times[p.node_type] += p.real_time.total_seconds() * 1e3 / iterations
+            kind = p.node_type
+            if kind == "Subgraph" and p.exec_type.upper().endswith(("_I8", "_U8")):
+                kind = INT8_ELTWISE  # OpenVINO fuses FakeQuantize with the eltwise ops around it into Subgraphs
+            times[kind] += p.real_time.total_seconds() * 1e3 / iterations
             if p.node_type == "Convolution":  # named after the ONNX Conv node, bias split off
                 conv_kernels[p.node_name.removesuffix("/WithoutBiases")] = p.exec_type
     out = summarise_ops(times, "OpenVINO performance counters")
