@@ -38,7 +38,7 @@ def test_conv_macs_of_a_known_graph(models):
     macs = why.conv_macs(onnx.load(str(root / "dense" / "model.onnx")))
     first = macs["/model.0/conv/Conv"]
     assert first["macs"] == 16 * 3 * 3 * 3 * 32 * 32  # 16 filters of 3x3x3 over a 32x32 output (stride 2 of 64)
-    assert len(macs) == 64
+    assert len(macs) == 63  # the DFL is not a Conv in our export
 
 
 def test_openvino_precision_profile_and_verdict(models):
@@ -156,3 +156,29 @@ def test_interleaved_protocol_counts_untimed_runs():
     for name in ("a", "b"):
         assert lat[name] and all(t >= 0 for t in lat[name])
         assert calls[name] > len(lat[name]) + 2  # 2 warm-up runs, 1 block-sizing probe, 1 untimed run per block
+
+
+def test_nncf_ptq_keeps_the_head_float(models, tmp_path):
+    """NNCF INT8 for OpenVINO (the users' `format=openvino int8=True` path): the ignored scope comes from the ONNX
+    graph (DFL and decode), the IR runs, its convs run int8 and nothing of the decode is quantized."""
+    import numpy as np
+    import openvino as ov
+
+    from sparse_core.export import openvino_int8
+
+    root, _ = models
+    onnx_path = root / "dense" / "model.onnx"
+    scope = openvino_int8.head_scope(onnx.load(str(onnx_path)))
+    assert any("/dfl/" in n for n in scope) and all(n.startswith("/model.22/") for n in scope)
+    images = [np.random.default_rng(i).random((1, 3, 64, 64), dtype=np.float32) for i in range(2)]
+    facts = openvino_int8.ptq(onnx_path, tmp_path / "int8" / "model.xml", images)
+    assert facts["ignored_nodes"] == len(scope)
+    model = ov.Core().read_model(str(tmp_path / "int8" / "model.xml"))
+    fq = [op for op in model.get_ops() if op.get_type_name() == "FakeQuantize"]
+    assert fq and not any("dfl" in op.get_friendly_name() for op in fq)
+    from sparse_core.bench import engines
+
+    loaded = engines.openvino(tmp_path / "int8" / "model.xml", images[0], threads=1)
+    kernels = loaded.profile(2)["conv_kernels"]
+    share = why.ov_integer_share(kernels, why.conv_macs(onnx.load(str(onnx_path))))
+    assert share["matched_mac_share"] > 0.9 and share["integer_conv_mac_share"] > 0.5
