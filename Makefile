@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export YOLO_OFFLINE := 1
 export SPARSEPIPE_HOME ?= $(CURDIR)/.sparsepipe
 
-.PHONY: install services test demo bench clean deepsparse-venv
+.PHONY: install services test demo bench clean sparseml-venv deepsparse-venv
 
 install: $(STAMP)
 	@# Debian chromium: the MLflow UI compare-page test renders the page headless (~80 s to apt-get once, as root)
@@ -27,8 +27,9 @@ test: install services deepsparse-venv
 services:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
 
+# Quiet: a line per stage and step, the full output in a log file (its path is printed). VERBOSE=1 prints it all.
 demo: install
-	$(BIN)/python -m sparse_core.demo
+	$(BIN)/python -m pipelines.demo $(if $(VERBOSE),--verbose)
 
 bench: install deepsparse-venv
 	$(BIN)/python benchmarks/speed.py
@@ -36,6 +37,10 @@ bench: install deepsparse-venv
 # DeepSparse 1.8 needs numpy<2: its own venv (gitignored), driven by `benchmark --engine deepsparse` in a subprocess
 deepsparse-venv:
 	PIP_FLAGS=-q sh scripts/deepsparse_venv.sh .venv-deepsparse
+
+# SparseML 1.8 in its own venv (torch 2.1, numpy<2), only to regenerate tests/fixtures/sparseml
+sparseml-venv:
+	sh scripts/sparseml_venv.sh $(SPARSEML_VENV)
 
 clean:
 	rm -rf $(VENV) .venv-deepsparse .sparsepipe runs

@@ -54,7 +54,7 @@ def main() -> int:
     from sparse_core.bench.cpu import cpu_info
     from sparse_core.data.synth import synth_dataset
     from sparse_core.integrations.ultralytics import train
-    from sparse_core.pipeline_cli import run_local
+    from pipelines.local import run_local
 
     with tempfile.TemporaryDirectory(prefix="sparsepipe-overhead-") as tmp:
         root = Path(tmp)

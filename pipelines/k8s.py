@@ -91,7 +91,7 @@ def configure(task, step: str, k8s: K8sSettings | None):
     from kfp import kubernetes
 
     # manifests' NetworkPolicies let only pods with this label reach MLflow and S3
-    from sparse_core.cluster import STEP_POD_LABEL
+    from pipelines.cluster import STEP_POD_LABEL
 
     kubernetes.add_pod_label(task, *STEP_POD_LABEL)
     kubernetes.use_secret_as_env(task, k8s.s3_secret, S3_ENV)

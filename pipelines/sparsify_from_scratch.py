@@ -8,16 +8,10 @@ training steps run without distillation.
 
 from kfp import dsl
 
-from components.benchmark.component import benchmark
-from components.close_run.component import close_run
-from components.export_model.component import export_model
 from components.fetch_checkpoint.component import fetch_checkpoint
-from components.open_run.component import open_run
-from components.prepare_dataset.component import prepare_dataset
 from components.qat.component import qat
-from components.register_model.component import register_model
 from components.sparse_train.component import sparse_train
-from pipelines.k8s import configure
+from pipelines.chain import deploy, fetch_inputs, tracked
 
 NAME = "sparsify_from_scratch"
 
@@ -52,34 +46,19 @@ def build(k8s=None):
         parent_run_id: str = "",
         cache_dir: str = "",
     ):
-        track = {"mlflow_uri": mlflow_uri, "experiment": experiment}
-        closer = configure(close_run(pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, parent_run_id=parent_run_id,
-                                     **track), "close_run", k8s)
-        with dsl.ExitHandler(closer, name="sparsify-from-scratch-steps"):
-            opened = configure(open_run(
-                pipeline=NAME, pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, parent_run_id=parent_run_id,
-                model=model, data=data, recipe=recipe, recipe_args=recipe_args, epochs=epochs, imgsz=imgsz,
-                batch=batch, register_name=register_name,
-                **track), "open_run", k8s)
-            run = {"parent_run_id": opened.output, **track}
-            cached = {"cache_dir": cache_dir, **run}
-            fetch = configure(fetch_checkpoint(model=model, zoo=zoo, **cached), "fetch_checkpoint", k8s)
-            fetch_t = configure(fetch_checkpoint(model=teacher, zoo=zoo, **cached), "fetch_checkpoint", k8s)
-            fetch_t.set_display_name("fetch_teacher")
-            data_task = configure(prepare_dataset(data=data, data_format=data_format, task=task,
-                                                  val_fraction=val_fraction, classes=classes, **cached),
-                                  "prepare_dataset", k8s)
-            train = configure(sparse_train(
-                checkpoint=fetch.outputs["checkpoint"], dataset=data_task.outputs["dataset"], recipe=recipe,
-                recipe_args=recipe_args, epochs=epochs, imgsz=imgsz, batch=batch, workers=workers, seed=seed,
-                zoo=zoo, device=device, teacher=fetch_t.outputs["checkpoint"], **cached), "sparse_train", k8s)
-            quant = configure(qat(model=train.outputs["model"], dataset=data_task.outputs["dataset"], epochs=epochs,
-                                  imgsz=imgsz, batch=batch, workers=workers, seed=seed, device=device,
-                                  teacher=fetch_t.outputs["checkpoint"], **cached), "qat", k8s)
-            export = configure(export_model(model=quant.outputs["qat_model"], **cached), "export_model", k8s)
-            bench = configure(benchmark(deployment=export.outputs["deployment"], iterations=bench_iterations,
-                                        **cached), "benchmark", k8s)
-            configure(register_model(deployment=export.outputs["deployment"], benchmark=bench.outputs["result"],
-                                     name=register_name, alias=alias, **run), "register_model", k8s)
+        with tracked(NAME, "sparsify-from-scratch", k8s, mlflow_uri=mlflow_uri, experiment=experiment,
+                     parent_run_id=parent_run_id, cache_dir=cache_dir, model=model, data=data, recipe=recipe,
+                     recipe_args=recipe_args, epochs=epochs, imgsz=imgsz, batch=batch,
+                     register_name=register_name) as r:
+            fetch, data_task = fetch_inputs(r, model=model, zoo=zoo, data=data, data_format=data_format, task=task,
+                                            val_fraction=val_fraction, classes=classes)
+            fetch_t = r.step(fetch_checkpoint(model=teacher, zoo=zoo, **r.cached), "fetch_checkpoint",
+                             "fetch_teacher")
+            fit = {"dataset": data_task.outputs["dataset"], "imgsz": imgsz, "batch": batch, "workers": workers,
+                   "seed": seed, "device": device, "teacher": fetch_t.outputs["checkpoint"], **r.cached}
+            train = r.step(sparse_train(checkpoint=fetch.outputs["checkpoint"], recipe=recipe, recipe_args=recipe_args,
+                                        epochs=epochs, zoo=zoo, **fit), "sparse_train")
+            quant = r.step(qat(model=train.outputs["model"], epochs=epochs, **fit), "qat")
+            deploy(r, quant.outputs["qat_model"], bench_iterations=bench_iterations, name=register_name, alias=alias)
 
     return sparsify_from_scratch

@@ -3,21 +3,30 @@
 Each subcommand lives in its own module exposing ``register(subparsers)``; that module adds its parser and sets
 ``func`` (called with the parsed args, returns an exit code). Modules are imported lazily so ``sparsepipe --help``
 stays fast and a broken optional dependency only breaks its own command.
+
+One error path for every command (``run_command``): bad input (a ``UserError``, an argparse error, a user path that
+does not exist) is one stderr line and exit 2; anything else is an internal error: one stderr line naming a log
+file that holds the traceback, and exit 1 (``--debug`` or ``SPARSEPIPE_DEBUG=1`` prints the traceback instead).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib
 import os
+import re
 import sys
+import traceback
+from pathlib import Path
 
 # Ultralytics reads this at import time: keep it offline (no update checks, hub calls or downloads).
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
 from sparse_core.errors import UserError  # noqa: E402
 
-# subcommand name -> module that registers it
+# subcommand name -> module that registers it. "pipeline" and "cluster" live beside the pipelines (they need kfp and
+# kubernetes): this mapping names them as strings for importlib, and sparse_core never imports them.
 COMMANDS = {
     "recipe": "sparse_core.recipe.cli",
     "train": "sparse_core.integrations.ultralytics.cli",
@@ -27,13 +36,26 @@ COMMANDS = {
     "data": "sparse_core.data.cli",
     "zoo": "sparse_core.zoo.cli",
     "models": "sparse_core.tracking.cli",
-    "pipeline": "sparse_core.pipeline_cli",
-    "cluster": "sparse_core.cluster",
+    "pipeline": "pipelines.cli",
+    "cluster": "pipelines.cluster",
+    "import": "sparse_core.sparseml_compat.cli",
+    "baseline": "sparse_core.baseline",
 }
+# OS errors on a path the user named are bad input, not a bug in sparsepipe
+_USER_OS_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one stderr line (argparse prints usage + error: 2+ lines)."""
+
+    def error(self, message: str):  # noqa: D102 (argparse API)
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sparsepipe", description="Sparsify YOLO models; run as KFP pipelines.")
+    parser = OneLineParser(prog="sparsepipe", description="Sparsify YOLO models; run as KFP pipelines.")
+    parser.add_argument("--debug", action="store_true", help="print tracebacks of internal errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     wanted = [a for a in argv if not a.startswith("-")][:1]
     modules = sorted(set(COMMANDS.values())) if not wanted or wanted[0] not in COMMANDS else [COMMANDS[wanted[0]]]
@@ -45,24 +67,86 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
                 continue
             raise
         mod.register(sub)
+    _ensure_json_flag(parser)
     return parser
+
+
+def _ensure_json_flag(parser: argparse.ArgumentParser) -> None:
+    """Every leaf command accepts ``--json`` (one JSON object on the last stdout line)."""
+    leaves = [parser]
+    while leaves:
+        p = leaves.pop()
+        subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+        if subs:
+            leaves.extend(set(subs[0].choices.values()))
+        elif p is not parser and "--json" not in p._option_string_actions:
+            p.add_argument("--json", action="store_true", help="print one JSON object on the last stdout line")
+
+
+def error_log_dir() -> Path:
+    home = os.environ.get("SPARSEPIPE_HOME") or "~/.sparsepipe"
+    return Path(home).expanduser() / "logs"
+
+
+def _write_traceback(command: str) -> Path | None:
+    """The current exception's traceback in a log file (None if even that cannot be written)."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    try:
+        folder = error_log_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"error-{command}-{stamp}.log"
+        path.write_text(traceback.format_exc())
+        return path
+    except OSError:
+        return None
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _first_line(err: BaseException) -> str:
+    """The message's first line without terminal colour codes (Ultralytics colours its errors)."""
+    text = _ANSI.sub("", str(err)).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def run_command(func, args: argparse.Namespace, prog: str) -> int:
+    """Call a command and map every outcome to an exit code and at most one stderr line."""
+    debug = getattr(args, "debug", False) or os.environ.get("SPARSEPIPE_DEBUG") == "1"
+    try:
+        return int(func(args) or 0)
+    except UserError as err:  # its own text: one line, or one line per problem where a check lists them all
+        print(f"{prog}: error: {_ANSI.sub('', str(err)).strip() or type(err).__name__}", file=sys.stderr)
+        return err.exit_code
+    except _USER_OS_ERRORS as err:
+        where = f"{err.filename}: " if err.filename is not None else ""
+        print(f"{prog}: error: {where}{err.strerror or _first_line(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a bug: one line here, the traceback in a file
+        if debug:
+            traceback.print_exc()
+            return 1
+        log = _write_traceback(prog.split()[-1])
+        where = f"traceback in {log}" if log else "traceback not saved"
+        print(f"{prog}: internal error: {type(err).__name__}: {_first_line(err)[:300]} ({where}; "
+              f"--debug prints it)", file=sys.stderr)
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or a usage error already printed as one line (2)
+        return int(exit_.code or 0)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    try:
-        return int(args.func(args) or 0)
-    except UserError as err:
-        print(f"sparsepipe {args.command}: error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print(f"sparsepipe {args.command}: interrupted", file=sys.stderr)
-        return 130
+    return run_command(args.func, args, f"sparsepipe {args.command}")
 
 
 if __name__ == "__main__":

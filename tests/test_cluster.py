@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from sparse_core import cli
-from sparse_core.cluster import (MLFLOW_DB_SECRET, POSTGRES_SECRET, S3_SECRET, SECRET_KEYS, parse_pipeline_config)
+from pipelines.cluster import (MLFLOW_DB_SECRET, POSTGRES_SECRET, S3_SECRET, SECRET_KEYS, parse_pipeline_config)
 from sparse_core.errors import UserError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "k8s"

@@ -100,3 +100,37 @@ def test_synth_cli_and_ultralytics_trains_one_epoch(tmp_path):
     assert len(ds) == 4
     sample = ds[0]
     assert sample["masks"].shape[0] == len(sample["cls"]) >= 1
+
+
+def test_hard_preset_is_deterministic_hard_and_valid(tmp_path):
+    """The hard set: 12 shape x texture classes, exact labels inside the image, clutter, small and cut objects."""
+    import numpy as np
+    from PIL import Image
+
+    from sparse_core.data.hard import HARD_CLASSES, hard_class_names
+
+    a = synth_dataset(tmp_path / "a", n_train=24, n_val=4, imgsz=160, seed=3, preset="hard")
+    b = synth_dataset(tmp_path / "b", n_train=24, n_val=4, imgsz=160, seed=3, preset="hard")
+    assert _digest(a.parent) == _digest(b.parent)
+    meta = yaml.safe_load(a.read_text())
+    assert list(meta["names"].values()) == hard_class_names() and len(meta["names"]) == HARD_CLASSES == 12
+    assert meta["synth"]["preset"] == "hard"
+    rows = [line.split() for label in (a.parent / "labels").rglob("*.txt") for line in label.read_text().splitlines()]
+    assert len(rows) >= 24  # ~2-9 items per image, 30 % distractors, some hidden
+    boxes = np.array([[float(v) for v in r[1:]] for r in rows])
+    assert ((boxes >= 0) & (boxes <= 1)).all() and {int(r[0]) for r in rows} <= set(range(12))
+    assert len({int(r[0]) for r in rows}) >= 8  # classes are spread
+    area = boxes[:, 2] * boxes[:, 3]
+    assert (area < 0.01).mean() > 0.15 and (area > 0.05).any()  # many small objects, some large ones
+    touching = ((boxes[:, 0] - boxes[:, 2] / 2 <= 0.001) | (boxes[:, 0] + boxes[:, 2] / 2 >= 0.999)).sum()
+    assert touching >= 2  # truncated by the border
+    # cluttered backgrounds: far more structure (variance of 8x8 block means) than the easy set's noisy flat grey
+    img = np.asarray(Image.open(sorted((a.parent / "images" / "train").glob("*.jpg"))[0]).convert("L"), float)
+    easy = synth_dataset(tmp_path / "easy", n_train=1, n_val=1, imgsz=160, seed=3)
+    flat = np.asarray(Image.open(next((easy.parent / "images" / "train").glob("*.png"))).convert("L"), float)
+    structure = lambda x: x.reshape(20, 8, 20, 8).mean(axis=(1, 3)).std()  # noqa: E731
+    assert structure(img) > 1.5 * structure(flat)
+    with pytest.raises(UserError, match="expected 1..12 for the hard preset"):
+        synth_dataset(tmp_path / "c", preset="hard", n_classes=13)
+    with pytest.raises(UserError, match="preset"):
+        synth_dataset(tmp_path / "d", preset="medium")

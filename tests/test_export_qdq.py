@@ -69,6 +69,17 @@ def fake_quant_yolo():
             if isinstance(m, torch.nn.Conv2d) and m.weight.numel() > 100:
                 w = m.weight
                 w[w.abs() <= w.abs().flatten().kthvalue(w.numel() // 2).values] = 0
+        for cls_out in model.model[-1].cv3:  # class logits around 0: scores spread over (0, 1), not all ~1e-4
+            cls_out[-1].bias.zero_()
+        # BatchNorm statistics measured on data: activations keep unit scale through the depth instead of
+        # shrinking below the smallest quantization step (which made every class score exactly 0.5)
+        model.train()
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average
+        for _ in range(3):
+            model(torch.rand(4, 3, 64, 64))
     zeros = sum(int((m.weight == 0).sum()) for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     blocks = [(n, m) for n, m in model.named_modules() if type(m) is Conv]
     for i, (name, block) in enumerate(blocks):
@@ -120,8 +131,51 @@ def test_onnxruntime_runs_integer_convs(qdq):
         expected = model(x)[0]  # eval mode: (decoded predictions, raw dict)
     got = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
     assert got.shape == tuple(expected.shape) == (1, 7, 84)
-    scores_diff = np.abs(got[:, 4:] - expected[:, 4:].numpy()).max()
-    assert scores_diff < 0.05  # class probabilities agree to within rounding of a quant step
+    ref = expected.numpy()
+    scores, ref_scores = got[:, 4:], ref[:, 4:]
+    assert ref_scores.std() > 0.05 and 0.1 < ref_scores.mean() < 0.9, "scores must be non-trivial to compare"
+    # A random 50%-pruned network with ~60 fake-quantized layers is chaotic: one rounding flip early on moves the
+    # outputs. So the yardstick is PyTorch itself: onnxruntime may differ from the fake-quant model no more than
+    # that model differs from itself when the input moves by 1e-3 (a quarter of one uint8 input step).
+    with torch.no_grad():
+        jitter = model(x + 1e-3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(4)))[0].numpy()
+    for part in (slice(0, 4), slice(4, None)):  # boxes (pixels), class scores
+        ort_diff, self_diff = np.abs(got[:, part] - ref[:, part]).mean(), np.abs(jitter[:, part] - ref[:, part]).mean()
+        assert ort_diff <= 1.5 * self_diff + 1e-3, (part, ort_diff, self_diff)
+    assert np.corrcoef(scores.ravel(), ref_scores.ravel())[0, 1] > 0.8
+
+
+def test_first_quantized_block_matches_to_one_step(qdq):
+    """Before chaos sets in the graph is exact: the first conv block's quantized output equals PyTorch's fake-quant
+    output to within one quantization step (rounding of the integer accumulator), for every element."""
+    from onnx import helper
+
+    out, _, model, _, _ = qdq
+    proto = onnx.load(str(out / "model.onnx"))
+    consumers = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    conv = next(n for n in proto.graph.node if n.op_type == "Conv")
+    q = next(n for n in consumers[conv.output[0]] if n.op_type == "QuantizeLinear")
+    dq = next(n for n in consumers[q.output[0]] if n.op_type == "DequantizeLinear")
+    proto.graph.output.append(helper.make_tensor_value_info(dq.output[0], onnx.TensorProto.FLOAT, None))
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    step = float(np.ravel(inits[q.input[1]])[0]) if q.input[1] in inits else None
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run([dq.output[0]], {"images": x.numpy()})[0]
+    model = model.eval().apply(torch.ao.quantization.disable_observer)
+    seen = []
+    hook = model.model[0].output_fq.register_forward_hook(lambda _m, _i, o: seen.append(o.detach().numpy()))
+    with torch.no_grad():
+        model(x)
+    hook.remove()
+    step = step or float(model.model[0].output_fq.scale)
+    assert got.shape == seen[0].shape and np.abs(got).max() > 10 * step  # non-trivial activations
+    assert np.abs(got - seen[0]).max() <= step * 1.001
+    # onnxruntime requantizes the int32 accumulator in fixed point: measured 3% of elements one step off
+    assert (np.abs(got - seen[0]) > step / 2).mean() < 0.05
 
 
 def test_int8_weights_keep_zeros_and_shrink_the_file(qdq):

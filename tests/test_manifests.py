@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from sparse_core import __version__
-from sparse_core.cluster import (DATA_PVC, MLFLOW_SERVICE, PIPELINE_CONFIGMAP, RUN_NAMESPACE, SECRET_KEYS,
+from pipelines.cluster import (DATA_PVC, MLFLOW_SERVICE, PIPELINE_CONFIGMAP, RUN_NAMESPACE, SECRET_KEYS,
                                  SERVICE_ACCOUNT, STEP_POD_LABEL, parse_pipeline_config)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -582,7 +582,7 @@ def test_docker_context_builds_the_package(tmp_path):
     import zipfile
 
     names = zipfile.ZipFile(wheel).namelist()
-    assert "sparse_core/cluster.py" in names and "sparse_core/image.py" in names and "sparse_core/cli.py" in names
+    assert "pipelines/cluster.py" in names and "sparse_core/image.py" in names and "sparse_core/cli.py" in names
     assert any(n.endswith("entry_points.txt") for n in names)
 
 

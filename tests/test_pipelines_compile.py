@@ -18,14 +18,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-
-from sparse_core.cluster import STEP_POD_LABEL
 import yaml
 
+from pipelines import build, compile_pipeline
+from pipelines.cluster import STEP_POD_LABEL
 from pipelines.k8s import GPU_STEPS, RESOURCES, K8sSettings
+from pipelines.params import parse_params
+from pipelines.submit import submit
 from sparse_core.image import component_image
-from sparse_core.pipeline_cli import _pipeline, compile_pipeline, parse_params, submit
 
+ROOT = Path(__file__).resolve().parents[1]
 STEPS = ["fetch_checkpoint", "prepare_dataset", "sparse_train", "qat", "export_model", "benchmark", "register_model"]
 
 
@@ -183,6 +185,11 @@ def test_cli_compile_and_bad_input(tmp_path):
     r = cli("pipeline", "compile", "sparse_transfer", "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert IR(out).tasks.keys() >= set(STEPS)
+    r = cli("pipeline", "compile", "sparsity_sweep", "--out", str(tmp_path / "sw.yaml"), "--gpus", "0", "--json")
+    assert r.returncode == 0, r.stderr
+    last = json.loads(r.stdout.strip().splitlines()[-1])
+    assert last == {"pipeline": "sparsity_sweep", "out": str(tmp_path / "sw.yaml"), "kubernetes": True, "gpus": 0}
+    assert "select_champion" in IR(tmp_path / "sw.yaml").tasks
     r = cli("pipeline", "compile", "nope", "--out", str(tmp_path / "x.yaml"))
     assert r.returncode == 2 and "unknown; expected one of sparse_transfer" in r.stderr and "Traceback" not in r.stderr
     r = cli("pipeline", "run", "sparse_transfer", "--local", "--param", "imgsz=big", "--param", "model=m",
@@ -259,7 +266,7 @@ def test_submit_request_matches_kfp_v2beta1_create_run(kfp_api, tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("version: 1.1.0\nmodifiers:\n  - !EpochRangeModifier\n    start_epoch: 0\n    end_epoch: 3\n")
     settings = K8sSettings()
-    func = _pipeline("sparsity_sweep", settings)
+    func = build("sparsity_sweep", settings)
     params = parse_params(func, ["model=zoo:cv/detection/yolov8-n/pytorch/ultralytics/coco/base-none",
                                  "data=s3://datasets/shapes", f"recipe={recipe}", "imgsz=320",
                                  "sparsities=[0.5, 0.7, 0.9]", "mlflow_uri=http://mlflow.sparsepipe:5000"])
@@ -300,3 +307,16 @@ def test_submit_request_matches_kfp_v2beta1_create_run(kfp_api, tmp_path):
     # the experiment was looked up by name, then created
     assert any(r["method"] == "POST" and r["path"] == "/apis/v2beta1/experiments"
                and r["body"]["display_name"] == "team-a" for r in requests)
+
+
+def test_sparse_core_never_imports_kfp_or_pipelines():
+    """The library stays free of KFP: the pipeline CLI, demo and cluster check live in pipelines/."""
+    import re
+
+    pattern = re.compile(r"^\s*(import (kfp|pipelines)\b|from (kfp|pipelines)\b)", re.M)
+    hits = [str(p.relative_to(ROOT)) for p in (ROOT / "sparse_core").rglob("*.py") if pattern.search(p.read_text())]
+    assert hits == []
+    # and the console script still offers the commands that moved
+    for args in (["pipeline", "--help"], ["cluster", "check", "--help"], ["pipeline", "compile", "--help"]):
+        r = cli(*args)
+        assert r.returncode == 0 and "usage: sparsepipe" in r.stdout, r.stderr

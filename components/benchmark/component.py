@@ -24,6 +24,11 @@ def benchmark(
 ) -> float:
     """Benchmark the deployment folder; the JSON result and the standard metrics come out.
 
+    Measures throughput, latency percentiles and size (raw and gzip) of the deployment folder on onnxruntime,
+    OpenVINO or DeepSparse, with the precision the engine really computed in, a per-op-type profile, the share of
+    conv MACs run in integer kernels and a verdict line. The cache key includes the CPU and the precision, so a
+    speed measured on another machine is never reused.
+
     Args:
         deployment: export_model output.
         result: Output ``benchmark.json`` (img/s, latency percentiles, MB raw/gzip, CPU, versions).
@@ -46,8 +51,8 @@ def benchmark(
     from sparse_core import steps
 
     res = steps.benchmark(model=deployment.path, out=result.path, engine=engine, threads=threads, seconds=seconds,
-                          iterations=iterations, warmup=warmup, mlflow_uri=mlflow_uri, experiment=experiment,
-                          parent_run_id=parent_run_id, cache_dir=cache_dir, precision=precision)
+                          iterations=iterations, warmup=warmup, precision=precision,
+                          ctx=steps.StepContext(mlflow_uri, experiment, parent_run_id, cache_dir))
     for key, value in steps.bench_metrics(res).items():
         metrics.log_metric(key, float(value))
     return float(res["images_per_s"])

@@ -15,6 +15,9 @@ def close_run(
 ) -> str:
     """Mark the parent run with the pipeline's final state, also when a step failed.
 
+    The pipeline's exit handler. It ends the parent run FINISHED or FAILED whatever happened, so a run is never left
+    RUNNING. On failure it copies the failing step's one-line cause onto the parent as ``sparsepipe.error``.
+
     Args:
         status: Final state of the pipeline's tasks (set by KFP).
         pipeline_run_id: KFP run id the parent run is tagged with.

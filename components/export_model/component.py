@@ -20,6 +20,10 @@ def export_model(
 ) -> str:
     """Export ``model/model.pt`` to ``deployment`` (model.onnx, recipe.yaml, data.yaml, export.json, model.pt).
 
+    Exports the trained checkpoint to an ONNX deployment folder (``model.onnx``, ``recipe.yaml``, ``data.yaml``,
+    ``export.json``, plus ``model.pt`` and the training ``summary.json``). ``sparsepipe benchmark``, ``sparsepipe
+    val`` and the registry all take this folder.
+
     Args:
         model: sparse_train or qat output.
         deployment: Output deployment folder, accepted by ``sparsepipe benchmark`` / ``val`` / the registry.
@@ -37,7 +41,6 @@ def export_model(
     from sparse_core import steps
 
     info = steps.export_model(model=model.path, out=deployment.path, imgsz=imgsz, batch=batch, opset=opset,
-                              mlflow_uri=mlflow_uri, experiment=experiment, parent_run_id=parent_run_id,
-                              cache_dir=cache_dir)
+                              ctx=steps.StepContext(mlflow_uri, experiment, parent_run_id, cache_dir))
     deployment.metadata.update({"sha256": info["sha256"], "quantized": info["quantized"], "imgsz": info["imgsz"]})
     return info["sha256"]

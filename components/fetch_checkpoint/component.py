@@ -18,6 +18,9 @@ def fetch_checkpoint(
 ) -> str:
     """Resolve the base model into a folder with ``fetch.json`` (+ ``model.pt`` or the model yaml).
 
+    Resolves the base model (a ``zoo:`` stub, a ``.pt`` path, an ``s3://`` URI or an Ultralytics model yaml name)
+    into a folder that training starts from. The copy is verified by sha256 and cached by content.
+
     Args:
         model: ``zoo:`` stub, ``.pt`` path, ``s3://`` URI or an Ultralytics model yaml name (random init);
             empty for "no model" (an optional teacher).
@@ -33,7 +36,7 @@ def fetch_checkpoint(
     """
     from sparse_core import steps
 
-    result = steps.fetch_checkpoint(model=model, out=checkpoint.path, zoo=zoo, mlflow_uri=mlflow_uri,
-                                    experiment=experiment, parent_run_id=parent_run_id, cache_dir=cache_dir)
+    result = steps.fetch_checkpoint(model=model, out=checkpoint.path, zoo=zoo,
+                                    ctx=steps.StepContext(mlflow_uri, experiment, parent_run_id, cache_dir))
     checkpoint.metadata.update({k: result[k] for k in ("source", "sha256", "kind")})
     return result["sha256"]

@@ -23,6 +23,9 @@ def open_run(
 ) -> str:
     """Open (or adopt) the parent run and return its id for the steps.
 
+    Every step logs a child run under that id. ``sparsepipe pipeline run --local`` opens the parent itself and
+    this step adopts it. On a cluster this step creates the parent, tagged with the KFP run id.
+
     Parameters travel as separate inputs, not one dict: a dict holding pipeline channels is filled in by text
     substitution in the local runner, which breaks on values with quotes (JSON recipe_args).
 

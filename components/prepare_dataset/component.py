@@ -21,6 +21,10 @@ def prepare_dataset(
 ) -> str:
     """Validate and convert the source data set; every problem is reported with its file and location.
 
+    Validates a YOLO, COCO JSON or Pascal VOC data set (local path or ``s3://`` prefix) and writes an Ultralytics
+    data set. Every problem is reported with its file and location, and a corrupt data set fails the pipeline with
+    that one line. The content hash goes into lineage and into the cache key.
+
     Args:
         data: Source data set: a folder, a ``data.yaml``, a COCO JSON / VOC folder, or an ``s3://`` prefix.
         dataset: Output folder: ``data.yaml``, ``images/``, ``labels/``, ``stats.json``.
@@ -39,8 +43,8 @@ def prepare_dataset(
     from sparse_core import steps
 
     stats = steps.prepare_dataset(data=data, out=dataset.path, data_format=data_format, task=task,
-                                  val_fraction=val_fraction, classes=classes, mlflow_uri=mlflow_uri,
-                                  experiment=experiment, parent_run_id=parent_run_id, cache_dir=cache_dir)
+                                  val_fraction=val_fraction, classes=classes,
+                                  ctx=steps.StepContext(mlflow_uri, experiment, parent_run_id, cache_dir))
     dataset.metadata.update({"content_hash": stats["content_hash"], "images": stats["images"],
                              "instances": stats["instances"]})
     return stats["content_hash"]

@@ -28,6 +28,12 @@ def qat(
 ) -> str:
     """Quantization-aware training of ``model``; a pass-through when its recipe has no QuantizationModifier.
 
+    Quantization-aware stage: ``Recipe.split("qat")`` of the resolved recipe that ``sparse_train`` wrote. That is
+    the epoch range, the LR still acting after the QAT start, one ``ConstantPruningModifier`` per pruning modifier
+    (so the zeros stay zero) and the ``QuantizationModifier``. It continues from ``sparse_train``'s ``model.pt``. A
+    recipe without quantization has no QAT stage, so the input passes through unchanged (hard links) and the child
+    run is tagged ``sparsepipe.qat=skipped``.
+
     Args:
         model: sparse_train output (``model.pt`` + ``recipe.full.yaml``).
         dataset: prepare_dataset output.
@@ -50,10 +56,10 @@ def qat(
     """
     from sparse_core import steps
 
-    result = steps.qat(model=model.path, dataset=dataset.path, out=qat_model.path, epochs=epochs, imgsz=imgsz,
-                       batch=batch, workers=workers, seed=seed, device=device,
-                       teacher=teacher.path if teacher is not None else "", mlflow_uri=mlflow_uri,
-                       experiment=experiment, parent_run_id=parent_run_id, cache_dir=cache_dir)
+    result = steps.qat(model=model.path, dataset=dataset.path, out=qat_model.path, train=steps.TrainSettings(
+        epochs=epochs, imgsz=imgsz, batch=batch, workers=workers, seed=seed, device=device,
+        teacher=teacher.path if teacher is not None else ""),
+        ctx=steps.StepContext(mlflow_uri, experiment, parent_run_id, cache_dir))
     for key in ("map50", "map50_95", "sparsity"):
         metrics.log_metric(key, float(result.get(key, 0.0)))
     qat_model.metadata.update({"qat": result["qat"], "sparsity": result.get("sparsity", 0.0)})

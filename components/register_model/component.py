@@ -19,6 +19,11 @@ def register_model(
 ) -> str:
     """Register ``deployment`` (ONNX flavor, ``model.pt`` alongside) as a version of ``name``.
 
+    Registers the deployment folder in the MLflow Model Registry as an ONNX-flavor model, with ``model.pt``
+    alongside. The version gets lineage tags (recipe sha256, data hash, base model, git commit, pipeline run id,
+    onnx sha256) and an alias. This step's child run carries the metrics a champion is chosen by. Registering the
+    same ONNX and recipe again reuses that version instead of adding a duplicate.
+
     Args:
         deployment: export_model output.
         benchmark: benchmark output (its metrics are logged on the registering run).
@@ -35,6 +40,6 @@ def register_model(
     from sparse_core import steps
 
     result = steps.register_model(model=deployment.path, benchmark=benchmark.path, name=name, alias=alias,
-                                  tags=tags, mlflow_uri=mlflow_uri, experiment=experiment,
-                                  parent_run_id=parent_run_id)
+                                  tags=tags,
+                                  ctx=steps.StepContext(mlflow_uri, experiment, parent_run_id))
     return result["version"]

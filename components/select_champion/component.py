@@ -20,6 +20,10 @@ def select_champion(
 ) -> str:
     """Pick the champion among the registered versions of ``name``.
 
+    Moves the ``champion`` alias to the registered version with the best metric among those meeting a constraint,
+    e.g. max ``images_per_s`` with ``map50>=0.9*dense`` (dense = the version tagged ``baseline=dense``). Used by
+    ``sparsity_sweep`` after its ParallelFor.
+
     Args:
         name: Registered model name.
         candidates: Versions registered by this sweep (fan-in of the ParallelFor; makes this step wait for them).
@@ -37,6 +41,6 @@ def select_champion(
 
     print(f"select_champion: candidates from this sweep: {candidates}")
     result = steps.select_champion(name=name, metric=metric, constraint=constraint,
-                                   higher_is_better=higher_is_better, mlflow_uri=mlflow_uri, experiment=experiment,
-                                   parent_run_id=parent_run_id)
+                                   higher_is_better=higher_is_better,
+                                   ctx=steps.StepContext(mlflow_uri, experiment, parent_run_id))
     return result["version"]

@@ -10,8 +10,9 @@ def _synth(args: argparse.Namespace) -> int:
     from sparse_core.data.synth import synth_dataset
 
     path = synth_dataset(args.out, task=args.task, n_train=args.train, n_val=args.val, imgsz=args.imgsz,
-                         seed=args.seed, n_classes=args.classes)
-    print(path)
+                         seed=args.seed, n_classes=args.classes, preset=args.preset)
+    print(json.dumps({"data": str(path), "train": args.train, "val": args.val, "imgsz": args.imgsz,
+                      "task": args.task, "preset": args.preset}) if args.json else path)
     return 0
 
 
@@ -41,7 +42,12 @@ def register(subparsers) -> None:
     s.add_argument("--val", type=int, default=16, help="validation images")
     s.add_argument("--imgsz", type=int, default=128, help="image side in pixels")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--classes", type=int, default=3, help="number of classes (shape/colour pairs)")
+    s.add_argument("--classes", type=int, default=None,
+                   help="number of classes (default: 3 for easy, 12 for hard)")
+    s.add_argument("--preset", choices=["easy", "hard"], default="easy",
+                   help="easy: coloured shapes (demo, tests); hard: clutter, hard negatives, small/overlapping/"
+                   "truncated objects (accuracy claims)")
+    s.add_argument("--json", action="store_true", help="print the data yaml path etc. as one JSON object")
     s.set_defaults(func=_synth)
 
     p = sub.add_parser("prepare", help="validate a YOLO/COCO/VOC data set and write an Ultralytics one")

@@ -13,8 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from sparse_core.data.labels import Item, Obj, Problems, box_of_polygon, number, pixel_box, polygon
+from sparse_core.data.labels import (Item, Obj, Problems, box_of_polygon, is_file, number, pixel_box, polygon,
+                                       safe_name)
 from sparse_core.errors import UserError
+
+MAX_RLE_PIXELS = 1 << 26  # 8192 x 8192: an RLE mask larger than that is refused before it is allocated
+MAX_SIDE = 1 << 20  # image width/height; beyond it a declared size is nonsense (and overflows float maths)
 
 
 def _rle_counts(counts) -> list[int]:
@@ -26,6 +30,8 @@ def _rle_counts(counts) -> list[int]:
     while p < len(s):
         x, k, more = 0, 0, True
         while more:
+            if k >= 7:  # pycocotools writes 32-bit counts (at most 7 characters); longer ones only cost time
+                raise ValueError("RLE count longer than 7 characters")
             c = s[p] - 48
             x |= (c & 0x1F) << (5 * k)
             more = bool(c & 0x20)
@@ -46,8 +52,12 @@ def rle_to_polygon(rle: dict, where: str, problems: Problems) -> list[float] | N
     try:
         h, w = (int(v) for v in rle["size"])
         counts = _rle_counts(rle["counts"])
-    except (KeyError, TypeError, ValueError, IndexError):
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError):
         problems.add(where, "segmentation RLE is malformed; expected {'size': [h, w], 'counts': [...] or str}")
+        return None
+    if not (h > 0 and w > 0 and h * w <= MAX_RLE_PIXELS):  # the mask is allocated: bound it before
+        problems.add(where, f"segmentation RLE size {h}x{w}; expected a positive size of at most {MAX_RLE_PIXELS} "
+                            "pixels")
         return None
     if sum(counts) != h * w or any(c < 0 for c in counts):
         problems.add(where, f"segmentation RLE counts sum to {sum(counts)}; expected size h*w = {h * w}")
@@ -87,6 +97,9 @@ def _json(path: Path) -> dict:
                         "file") from None
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: cannot read ({err}); expected a COCO JSON file") from None
+    except (ValueError, RecursionError):  # a number of over 4300 digits, or [[[[... deeper than the parser goes
+        raise UserError(f"{path}: unusable JSON (a number with thousands of digits or nesting thousands deep); "
+                        "expected a COCO annotation file") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: top level is {type(data).__name__}; expected an object with images, annotations, "
                         "categories")
@@ -125,7 +138,7 @@ def _find_image(file_name: str, json_path: Path, src: Path) -> Path | None:
     for base in bases:
         for cand in (base / file_name, base / "images" / file_name, base / "images" / stem / file_name,
                      base / stem / file_name):
-            if cand.is_file():
+            if is_file(cand):
                 return cand
     return None
 
@@ -163,6 +176,10 @@ def _segmentation(seg, size, where: str, problems: Problems) -> list[float] | No
     parts = seg if isinstance(seg[0], list) else [seg]
     checked = []
     for j, part in enumerate(parts):
+        if not isinstance(part, list):
+            problems.add(f"{where} segmentation[{j}]", f"{part!r:.40} is not a list of coordinates; expected "
+                                                       "[x1, y1, x2, y2, ...]")
+            return None
         vals = [number(v, f"{where} segmentation[{j}]", "coordinate", problems) for v in part]
         if None in vals:
             return None
@@ -186,73 +203,83 @@ def read(src: Path, task: str, classes: list[str] | None, problems: Problems) ->
         elif not classes and names != class_names:
             problems.add(str(path), f"categories {names} differ from the other split's {class_names}; expected the "
                                     "same categories in every split (or pass --classes)")
-        by_id: dict[int, Item] = {}
-        for i, img in enumerate(data["images"]):
-            where = f"{path}: images[{i}]"
-            if not isinstance(img, dict) or not isinstance(img.get("id"), (int, str)) \
-                    or not isinstance(img.get("file_name"), str):
-                problems.add(where, "expected an object with 'id' and 'file_name'")
-                continue
-            where = f"{path}: images[{i}] (id {img['id']})"
-            w, h = img.get("width"), img.get("height")
-            if not (isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0):
-                problems.add(where, f"width/height {w!r}x{h!r}; expected positive integers")
-                continue
-            if img["id"] in by_id:
-                problems.add(where, f"duplicate image id {img['id']}; expected unique ids")
-                continue
-            file = _find_image(img["file_name"], path, src)
-            if file is None:
-                problems.add(where, f"image file {img['file_name']!r} not found; expected it next to {path.name}, "
-                                    "in images/ or in images/<split>/")
-                by_id[img["id"]] = None  # known id, no item
-                continue
-            by_id[img["id"]] = Item(file, Path(img["file_name"]).name, split, where, (w, h))
+        by_id = _images(data, path, src, split, problems)
         for i, ann in enumerate(data.get("annotations", [])):
-            where = f"{path}: annotations[{i}]"
-            if not isinstance(ann, dict):
-                problems.add(where, "expected an object")
-                continue
-            if "id" in ann:
-                where += f" (id {ann['id']})"
-            if not isinstance(ann.get("image_id"), (int, str)) or ann["image_id"] not in by_id:
-                problems.add(where, f"annotation for a missing image: image_id {ann.get('image_id')!r} is not in "
-                                    "images; expected the id of a listed image")
-                continue
-            item = by_id[ann["image_id"]]
-            if not isinstance(ann.get("category_id"), int) or ann["category_id"] not in cats:
-                problems.add(where, f"category_id {ann.get('category_id')!r} is not in categories; expected one of "
-                                    f"{sorted(cats)}")
-                continue
-            cls, cname = cats[ann["category_id"]]
-            if cls < 0:
-                problems.add(where, f"unknown category name {cname!r}; expected one of --classes {classes}")
-                continue
-            if ann.get("iscrowd", 0) not in (0, 1, False, True):
-                problems.add(where, f"iscrowd {ann.get('iscrowd')!r}; expected 0 or 1")
-                continue
-            if item is None:
-                continue
-            if ann.get("iscrowd"):
-                item.skip("crowd")
-                continue
-            bbox = ann.get("bbox")
-            if not isinstance(bbox, list) or len(bbox) != 4:
-                problems.add(where, f"bbox {bbox!r}; expected [x, y, width, height] in pixels")
-                continue
-            vals = [number(v, where, "bbox value", problems) for v in bbox]
-            if None in vals:
-                continue
-            x, y, bw, bh = vals
-            box = pixel_box(x, y, x + bw, y + bh, item.size, where, problems)
-            if box is None:
-                continue
-            if task == "segment":
-                pts = _segmentation(ann.get("segmentation"), item.size, where, problems)
-                if pts is None:
-                    continue
-                item.objects.append(Obj(cls, box_of_polygon(pts), pts))
-            else:
-                item.objects.append(Obj(cls, box))
+            _annotation(ann, f"{path}: annotations[{i}]", by_id, cats, classes, task, problems)
         items += [it for it in by_id.values() if it is not None]
     return items, class_names or []
+
+
+def _images(data: dict, path: Path, src: Path, split: str, problems: Problems) -> dict:
+    """image id -> Item (None for a listed image whose file is missing) of one COCO json."""
+    by_id: dict = {}
+    for i, img in enumerate(data["images"]):
+        where = f"{path}: images[{i}]"
+        if not isinstance(img, dict) or not isinstance(img.get("id"), (int, str)) \
+                or not isinstance(img.get("file_name"), str):
+            problems.add(where, "expected an object with 'id' and 'file_name'")
+            continue
+        where = f"{path}: images[{i}] (id {img['id']})"
+        w, h = img.get("width"), img.get("height")
+        if not (isinstance(w, int) and isinstance(h, int) and 0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE):
+            problems.add(where, f"width/height {w!r:.20}x{h!r:.20}; expected positive integers up to {MAX_SIDE}")
+            continue
+        if img["id"] in by_id:
+            problems.add(where, f"duplicate image id {img['id']}; expected unique ids")
+            continue
+        safe_name(img["file_name"], f"{path}: images[{i}].file_name")
+        file = _find_image(img["file_name"], path, src)
+        if file is None:
+            problems.add(where, f"image file {img['file_name']!r} not found; expected it next to {path.name}, "
+                                "in images/ or in images/<split>/")
+            by_id[img["id"]] = None  # known id, no item
+            continue
+        by_id[img["id"]] = Item(file, Path(img["file_name"]).name, split, where, (w, h))
+    return by_id
+
+
+def _annotation(ann, where: str, by_id: dict, cats: dict, classes, task: str, problems: Problems) -> None:
+    """Check one annotation and add its object to its image's Item (problems are recorded, not raised)."""
+    if not isinstance(ann, dict):
+        problems.add(where, "expected an object")
+        return
+    if "id" in ann:
+        where += f" (id {ann['id']})"
+    if not isinstance(ann.get("image_id"), (int, str)) or ann["image_id"] not in by_id:
+        problems.add(where, f"annotation for a missing image: image_id {ann.get('image_id')!r} is not in "
+                            "images; expected the id of a listed image")
+        return
+    item = by_id[ann["image_id"]]
+    if not isinstance(ann.get("category_id"), int) or ann["category_id"] not in cats:
+        problems.add(where, f"category_id {ann.get('category_id')!r} is not in categories; expected one of "
+                            f"{sorted(cats)}")
+        return
+    cls, cname = cats[ann["category_id"]]
+    if cls < 0:
+        problems.add(where, f"unknown category name {cname!r}; expected one of --classes {classes}")
+        return
+    if ann.get("iscrowd", 0) not in (0, 1, False, True):
+        problems.add(where, f"iscrowd {ann.get('iscrowd')!r}; expected 0 or 1")
+        return
+    if item is None:
+        return
+    if ann.get("iscrowd"):
+        item.skip("crowd")
+        return
+    bbox = ann.get("bbox")
+    if not isinstance(bbox, list) or len(bbox) != 4:
+        problems.add(where, f"bbox {bbox!r}; expected [x, y, width, height] in pixels")
+        return
+    vals = [number(v, where, "bbox value", problems) for v in bbox]
+    if None in vals:
+        return
+    x, y, bw, bh = vals
+    box = pixel_box(x, y, x + bw, y + bh, item.size, where, problems)
+    if box is None:
+        return
+    if task == "segment":
+        pts = _segmentation(ann.get("segmentation"), item.size, where, problems)
+        if pts is not None:
+            item.objects.append(Obj(cls, box_of_polygon(pts), pts))
+    else:
+        item.objects.append(Obj(cls, box))

@@ -99,21 +99,34 @@ def _is_synth_output(path: Path) -> bool:
         return False
 
 
+PRESETS = ("easy", "hard")
+
+
 def synth_dataset(out: str | os.PathLike, task: str = "detect", n_train: int = 64, n_val: int = 16, imgsz: int = 128,
-                  seed: int = 0, n_classes: int = 3) -> Path:
+                  seed: int = 0, n_classes: int | None = None, preset: str = "easy") -> Path:
     """Write an Ultralytics data set (images/{train,val}, labels/{train,val}, data.yaml) at ``out``.
 
+    ``preset``: ``easy`` (coloured shapes, PNG; 3 classes by default) or ``hard`` (``sparse_core.data.hard``:
+    clutter, hard negatives, small/overlapping/truncated objects, JPEG; 12 classes by default).
     Returns ``out/data.yaml`` (absolute ``path``). An earlier synth output at ``out`` is replaced; any other
     non-empty folder is refused.
     """
+    from sparse_core.data import hard
+
+    if preset not in PRESETS:
+        raise UserError(f"preset: {preset!r} is not supported; expected one of {', '.join(PRESETS)}")
+    max_classes = hard.HARD_CLASSES if preset == "hard" else MAX_CLASSES
+    n_classes = n_classes if n_classes is not None else (max_classes if preset == "hard" else 3)
     if task not in TASKS:
         raise UserError(f"task: {task!r} is not supported; expected one of {', '.join(TASKS)}")
     if n_train < 1 or n_val < 1:
         raise UserError(f"train/val: {n_train}/{n_val} images; expected at least 1 of each")
     if not 32 <= imgsz <= 4096:
         raise UserError(f"imgsz: {imgsz}; expected 32..4096 pixels")
-    if not 1 <= n_classes <= MAX_CLASSES:
-        raise UserError(f"classes: {n_classes}; expected 1..{MAX_CLASSES}")
+    if not 1 <= n_classes <= max_classes:
+        raise UserError(f"classes: {n_classes}; expected 1..{max_classes} for the {preset} preset")
+    render, ext = (hard.render_hard, "jpg") if preset == "hard" else (_render, "png")
+    names = hard.hard_class_names()[:n_classes] if preset == "hard" else class_names(n_classes)
     out = Path(out).absolute()
     rng = np.random.default_rng(seed)
     with atomic_dir(out, replace_if=_is_synth_output) as tmp:
@@ -123,13 +136,17 @@ def synth_dataset(out: str | os.PathLike, task: str = "detect", n_train: int = 6
             (tmp / "labels" / split).mkdir(parents=True)
             for _ in range(n):
                 i = next(ids)
-                img, lines = _render(rng, imgsz, n_classes, task)
-                img.save(tmp / "images" / split / f"{i:05d}.png", optimize=False)
+                img, lines = render(rng, imgsz, n_classes, task)
+                if ext == "png":
+                    img.save(tmp / "images" / split / f"{i:05d}.png", optimize=False)
+                else:  # already JPEG-degraded: store losslessly what was rendered, as a .jpg at top quality
+                    img.save(tmp / "images" / split / f"{i:05d}.jpg", quality=95)
                 (tmp / "labels" / split / f"{i:05d}.txt").write_text("".join(line + "\n" for line in lines))
         meta = {
             "path": str(out), "train": "images/train", "val": "images/val",
-            "names": dict(enumerate(class_names(n_classes))),
-            "synth": {"task": task, "seed": seed, "imgsz": imgsz, "n_train": n_train, "n_val": n_val},
+            "names": dict(enumerate(names)),
+            "synth": {"preset": preset, "task": task, "seed": seed, "imgsz": imgsz, "n_train": n_train,
+                      "n_val": n_val},
         }
         (tmp / "data.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
     return out / "data.yaml"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from sparse_core.data.labels import IMAGE_EXTS, Item, Obj, Problems, number, pixel_box
+from sparse_core.data.labels import IMAGE_EXTS, Item, Obj, Problems, is_file, number, pixel_box, safe_name
 from sparse_core.errors import UserError
 
 VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
@@ -43,8 +43,8 @@ def _ids(root: Path, problems: Problems) -> list[tuple[str, str | None]]:
     for split, f in listed:
         for n, line in enumerate(f.read_text().splitlines(), 1):
             if line.strip():
-                image_id = line.split()[0]
-                if not (root / "Annotations" / f"{image_id}.xml").is_file():
+                image_id = safe_name(line.split()[0], f"{f}:{n}")
+                if not is_file(root / "Annotations" / f"{image_id}.xml"):
                     problems.add(f"{f}:{n}", f"id {image_id!r} has no Annotations/{image_id}.xml; expected an "
                                              "annotation file for every listed id")
                     continue
@@ -59,10 +59,10 @@ def _text(el: ET.Element | None, tag: str) -> str | None:
 
 def _image(root: Path, image_id: str, filename: str | None) -> Path | None:
     jpeg = root / "JPEGImages"
-    if filename and (jpeg / filename).is_file():
+    if filename and is_file(jpeg / filename):
         return jpeg / filename
     for ext in IMAGE_EXTS:
-        if (jpeg / f"{image_id}{ext}").is_file():
+        if is_file(jpeg / f"{image_id}{ext}"):
             return jpeg / f"{image_id}{ext}"
     return None
 
@@ -78,6 +78,8 @@ def _parse(xml: Path, root: Path, split: str | None,
         line = err.position[0] if getattr(err, "position", None) else 0
         problems.add(f"{xml}:{line}", f"invalid XML ({err}); expected a VOC annotation")
         return None, []
+    if _text(tree, "filename"):
+        safe_name(_text(tree, "filename"), f"{xml}: <filename>")
     image = _image(root, xml.stem, _text(tree, "filename"))
     if image is None:
         problems.add(str(xml), f"image for {xml.stem!r} not found in {root / 'JPEGImages'}; expected "
@@ -89,7 +91,7 @@ def _parse(xml: Path, root: Path, split: str | None,
         size = (int(float(w)), int(float(h)))
         if min(size) <= 0:
             raise ValueError
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(float("1e400"))
         if size_el is not None and (w or h):
             problems.add(str(xml), f"<size> width/height {w!r}x{h!r}; expected positive integers")
             return None, []

@@ -26,14 +26,18 @@ def register(subparsers) -> None:
     p.add_argument("--register", metavar="NAME", help="register the exported model in the MLflow model registry")
     p.add_argument("--alias", help="alias for the registered version (e.g. candidate)")
     p.add_argument("--json", action="store_true", help="print export.json as one JSON line last")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="fully unpickle a local .pt the safe loader refuses (only files you trust: it can run code)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from sparse_core.export import export_model
+    from sparse_core.safe_load import trusting
 
-    info = export_model(args.weights, args.out, imgsz=args.imgsz, batch=args.batch, opset=args.opset,
-                        simplify=args.simplify, data=args.data, allow_drop=args.allow_drop)
+    with trusting([args.weights], args.trust_checkpoint):
+        info = export_model(args.weights, args.out, imgsz=args.imgsz, batch=args.batch, opset=args.opset,
+                            simplify=args.simplify, data=args.data, allow_drop=args.allow_drop)
     ins, outs = info["inputs"][0], info["outputs"]
     print(f"exported {args.weights} -> {args.out}/model.onnx ({'QDQ INT8' if info['quantized'] else 'FP32'}, opset {info['opset']})")
     print(f"  input {ins['name']} {ins['shape']}; outputs " + ", ".join(f"{o['name']} {o['shape']}" for o in outs))

@@ -27,6 +27,7 @@ import yaml
 from sparse_core.checkpoint import checkpoint_model, load_checkpoint, sparsepipe_meta
 from sparse_core.errors import UserError
 from sparse_core.export import accuracy, graph, qdq
+from sparse_core.tracking.redaction import redact
 
 MIN_OPSET, MAX_OPSET = 13, 21  # 13: per-channel QuantizeLinear; 21: newest onnxruntime/onnx we test against
 TORCH_MAX_OPSET = 20  # torch's TorchScript exporter stops at 20; 21 is reached with onnx's version converter
@@ -186,6 +187,9 @@ def _load(weights) -> tuple[dict, str]:
         if not isinstance(weights.get("ema") or weights.get("model"), torch.nn.Module):
             raise UserError("weights: checkpoint dict has no 'model' or 'ema' module")
         return weights, "<checkpoint dict>"
+    from sparse_core.sparseml_compat import resolve_sparseml
+
+    weights = resolve_sparseml(weights)  # a SparseML checkpoint is exported from our import of it
     return load_checkpoint(weights), str(weights)
 
 
@@ -315,6 +319,7 @@ def export_model(
                 "batch": batch, "channels": model.yaml.get("channels", 3)}
         info = _info(source, task, quantized, opset, imgsz, batch, proto, onnx_path, checked, built, meta,
                      zeros_checkpoint)
+        info = json.loads(redact(json.dumps(info)))  # secrets never leave in a deployment folder
         _write_folder(tmp, meta, data, info)
         if quantized:
             info["float_head"] = qdq.float_head(proto)
@@ -331,8 +336,8 @@ def export_model(
 
 def _write_folder(tmp: Path, meta: dict, data: dict, info: dict) -> None:
     recipe = meta.get("recipe_resolved") or meta.get("recipe")
-    (tmp / "recipe.yaml").write_text(
-        recipe if recipe else "# dense model: the checkpoint carries no sparsepipe recipe (nothing was sparsified)\n"
+    (tmp / "recipe.yaml").write_text(  # secrets never leave in a deployment folder (same rule as MLflow)
+        redact(recipe) if recipe else "# dense model: the checkpoint carries no sparsepipe recipe (nothing was sparsified)\n"
     )
     (tmp / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     (tmp / "export.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -21,12 +21,15 @@ from pydantic import ValidationError
 
 from sparse_core.errors import UserError
 from sparse_core.recipe import schemas
-from sparse_core.recipe.safe_eval import EvalError, eval_expression, safe_eval
-from sparse_core.recipe.yaml_source import LineDict, LineList, front_matter, load_yaml, looks_like_markdown
+from sparse_core.recipe.variables import Variables
+from sparse_core.recipe.yaml_source import (MAX_BYTES, LineDict, LineList, check_nesting, front_matter, load_yaml,
+                                            looks_like_markdown)
+from sparse_core.recipe.rules import check_rules
 
 Modifier = schemas.Modifier
 PRUNING_TYPES = ("GMPruningModifier", "MagnitudePruningModifier", "GlobalMagnitudePruningModifier")
 LR_TYPES = ("SetLearningRateModifier", "LearningRateFunctionModifier", "LearningRateModifier")
+EPOCH_FIELDS = ("start_epoch", "end_epoch", "disable_quantization_observer_epoch", "freeze_bn_stats_epoch")
 
 
 def parse_recipe_args(text: str | dict | None) -> dict:
@@ -34,6 +37,7 @@ def parse_recipe_args(text: str | dict | None) -> dict:
     if text is None or text == "":
         return {}
     if isinstance(text, dict):
+        check_nesting(text, "--recipe-args")
         return dict(text)
     try:
         value = json.loads(text)
@@ -42,13 +46,23 @@ def parse_recipe_args(text: str | dict | None) -> dict:
             f"--recipe-args: not valid JSON ({err.msg} at column {err.colno}); "
             'expected an object such as \'{"num_epochs": 15}\''
         ) from None
+    except (ValueError, RecursionError) as err:  # a 5,000-digit number, or [[[[... deeper than the parser goes
+        raise UserError(f"--recipe-args: not usable JSON ({str(err)[:100] or 'nested too deeply'}); "
+                        'expected an object such as \'{"num_epochs": 15}\'') from None
     if not isinstance(value, dict):
         raise UserError(f"--recipe-args: got a JSON {type(value).__name__}; expected an object such as '{{\"num_epochs\": 15}}'")
+    check_nesting(value, "--recipe-args")
     return value
 
 
-def _read_source(source: str | os.PathLike) -> tuple[str | None, str]:
-    """(path or None, text): an existing path, else raw text when it has ':' or a newline, else a missing file."""
+def _read_source(source: str | os.PathLike, zoo: str | None = None) -> tuple[str | None, str]:
+    """(path or None, text) of a recipe source, the one place sources are told apart: a ``zoo:`` stub (fetched
+    into the zoo cache, ``zoo`` or ``$SPARSEPIPE_ZOO``), an existing path, else raw text when it has ':' or a
+    newline, else a missing file."""
+    if isinstance(source, str) and source.startswith("zoo:") and "\n" not in source:
+        from sparse_core.zoo import resolve_recipe
+
+        source = str(resolve_recipe(source, zoo=zoo))
     if isinstance(source, str) and not os.path.exists(source) and (":" in source or "\n" in source):
         return None, source
     path = Path(source)
@@ -56,6 +70,8 @@ def _read_source(source: str | os.PathLike) -> tuple[str | None, str]:
         raise UserError(f"{path}: recipe file not found")
     if not path.is_file():
         raise UserError(f"{path}: is a directory; expected a recipe .yaml/.yml/.md file")
+    if path.stat().st_size > 4 * MAX_BYTES:  # checked again on the text; this only avoids reading a huge file
+        raise UserError(f"{path}: recipe is {path.stat().st_size:,} bytes; expected at most {MAX_BYTES:,}")
     try:
         return str(path), path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -171,11 +187,33 @@ class Recipe:
             mods = _qat_stage(self.modifiers, qat)
         else:
             raise UserError(f"recipe split: unknown stage '{stage}'; expected 'sparse' or 'qat'")
-        part = Recipe(None, "", self.args, dict(self.variables), mods, self.version)
+        return self.derived(mods)
+
+    def derived(self, modifiers: list[Modifier]) -> "Recipe":
+        """A recipe of ``modifiers`` with this one's variables and path; its text (and sha256) is its own YAML."""
+        part = Recipe(self.path, "", self.args, dict(self.variables), modifiers, self.version)
         part.original_text = part.to_yaml()
         part.sha256 = hashlib.sha256(part.original_text.encode()).hexdigest()
-        part.path = self.path
         return part
+
+    def rebased(self, offset: float) -> "Recipe":
+        """This recipe with every epoch field moved ``offset`` epochs earlier (not below 0; ``-1`` = unset stays).
+
+        ``split("qat")`` keeps absolute epochs (QAT from epoch 50 of 56). The qat step trains a new run from the
+        sparse stage's checkpoint, which starts at epoch 0, so the stage is rebased: QAT, the held masks and the LR
+        schedule start at 0 and the run lasts ``num_epochs - qat_start`` epochs. Limits: an LR function that began
+        before the QAT start restarts its curve at 0; epoch lists (``milestones``) are not moved.
+        """
+        if not offset:
+            return self
+        mods = []
+        for m in self.modifiers:
+            update = {f: max(0.0, float(getattr(m, f)) - offset) for f in EPOCH_FIELDS
+                      if isinstance(getattr(m, f, None), (int, float)) and getattr(m, f) >= 0}
+            moved = m.model_copy(update=update)
+            moved.__pydantic_fields_set__ = set(m.model_fields_set) | set(update)
+            mods.append(moved.placed(m.group, m.line))
+        return self.derived(mods)
 
 
 def _kind(value: Any) -> str:
@@ -248,9 +286,13 @@ _Dumper.add_representer(LineList, lambda d, s: d.represent_list(list(s)))
 # ---------------------------------------------------------------------------------------------------- loading
 
 
-def load_recipe(source: str | os.PathLike, recipe_args: dict | str | None = None) -> Recipe:
-    """Load, override, evaluate and validate a recipe; every problem is a one-line UserError with file:line."""
-    path, text = _read_source(source)
+def load_recipe(source: str | os.PathLike, recipe_args: dict | str | None = None, zoo: str | None = None) -> Recipe:
+    """Load, override, evaluate and validate a recipe; every problem is a one-line UserError with file:line.
+
+    ``source``: a path, a ``zoo:`` stub (``zoo``: the zoo URI) or the recipe text. Rules across modifiers
+    (``sparse_core.recipe.rules``) are checked here too, so ``recipe check`` reports them before any training.
+    """
+    path, text = _read_source(source, zoo)
     label = path or "<recipe>"
     args = parse_recipe_args(recipe_args)
     is_md = (path is not None and path.lower().endswith(".md")) or (path is None and looks_like_markdown(text))
@@ -259,12 +301,12 @@ def load_recipe(source: str | os.PathLike, recipe_args: dict | str | None = None
     if raw is None:
         raise UserError(f"{label}:1: recipe is empty; expected variables and at least one '*modifiers' list")
     if path is None and not isinstance(raw, dict) and "\n" not in text.strip():
-        hint = " (SparseZoo stubs are fetched with sparsepipe zoo first)" if text.startswith("zoo:") else ""
-        raise UserError(f"{text.strip()}: recipe file not found{hint}")
+        raise UserError(f"{text.strip()}: recipe file not found")
     if not isinstance(raw, dict):
         raise UserError(f"{label}:1: recipe top level is a {_kind(raw)}; expected a mapping of variables "
                         "and '*modifiers' lists")
     resolver = _Resolver(label, raw, args)
+    check_rules(resolver.modifiers, label)
     return Recipe(path, text, args, resolver.variables, resolver.modifiers, raw.get("version"))
 
 
@@ -300,56 +342,15 @@ class _Resolver:
                             "'modifiers' (e.g. training_modifiers)")
         for key in args:
             if key not in self.raw_vars:
-                known = ", ".join(self.raw_vars) or "none"
+                known = ", ".join(list(self.raw_vars)[:30]) + (", ..." if len(self.raw_vars) > 30 else "") or "none"
                 raise UserError(f"{label}: --recipe-args: '{key}' is not a variable of this recipe (variables: {known})")
         self.raw_vars.update(copy.deepcopy(args))
         self.overridden = set(args)
-        self.variables: dict[str, Any] = {}
-        self._resolving: list[str] = []
-        for name in self.raw_vars:
-            self._variable(name)
+        where = {name: "--recipe-args" if name in self.overridden else self.var_lines.get(name, 1)
+                 for name in self.raw_vars}
+        self.vars = Variables(label, self.raw_vars, where)
+        self.variables = self.vars.values
         self.modifiers = [m for key, items, line in groups for m in self._group(key, items, line)]
-
-    # variables -------------------------------------------------------------------------------------------
-
-    def _var_where(self, name: str) -> str:
-        return "--recipe-args" if name in self.overridden else f"{self.var_lines.get(name, 1)}"
-
-    def _variable(self, name: str) -> Any:
-        if name in self.variables:
-            return self.variables[name]
-        if name in self._resolving:
-            cycle = " -> ".join(self._resolving[self._resolving.index(name):] + [name])
-            raise UserError(f"{self.label}:{self._var_where(name)}: {name}: variables refer to each other in a "
-                            f"cycle ({cycle})")
-        self._resolving.append(name)
-        try:
-            value = self._value(self.raw_vars[name], name, self._var_where(name))
-        finally:
-            self._resolving.pop()
-        self.variables[name] = value
-        return value
-
-    def _lookup(self, name: str) -> Any:
-        if name not in self.raw_vars:
-            raise KeyError(name)
-        return self._variable(name)
-
-    def _value(self, value: Any, field: str, line: int | str) -> Any:
-        """Evaluate eval(...) strings anywhere inside ``value``; plain containers come back as dict/list."""
-        expr = eval_expression(value)
-        if expr is not None:
-            try:
-                return safe_eval(expr, self._lookup)
-            except EvalError as err:
-                raise UserError(f"{self.label}:{line}: {field}: {err}") from None
-        if isinstance(value, dict):
-            lines = getattr(value, "key_lines", {})
-            return {k: self._value(v, field, lines.get(k, line)) for k, v in value.items()}
-        if isinstance(value, list):
-            lines = getattr(value, "item_lines", [])
-            return [self._value(v, field, lines[i] if i < len(lines) else line) for i, v in enumerate(value)]
-        return value
 
     # modifiers -------------------------------------------------------------------------------------------
 
@@ -379,7 +380,7 @@ class _Resolver:
             if name not in cls.model_fields:
                 raise UserError(f"{label}:{field_lines.get(name, line)}: {type_name}: unknown field '{name}' "
                                 f"(allowed: {', '.join(allowed)})")
-        values = {name: self._value(value, name, field_lines.get(name, line)) for name, value in raw_fields.items()}
+        values = {name: self.vars.value(value, name, field_lines.get(name, line)) for name, value in raw_fields.items()}
         try:
             mod = cls(**values)
         except ValidationError as err:

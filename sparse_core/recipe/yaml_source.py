@@ -2,7 +2,9 @@
 
 Errors must name the file line, so mappings load as ``LineDict`` (remembers its own line and each key's line).
 ``!ModifierName`` tags load as a LineDict with ``tag`` set; anchors/aliases (SparseML's ``.md`` recipes use them)
-are plain YAML and just work.
+are plain YAML and work, within bounds: text size, nesting depth and the size of the document with every alias
+expanded are checked on the composed node graph, before anything is built from it, so a 400-byte "billion laughs"
+recipe or a 5,000-level ``[[[...`` fails in milliseconds with the line it starts on.
 """
 
 from __future__ import annotations
@@ -35,8 +37,127 @@ class LineList(list):
         self.item_lines: list[int] = []
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that keeps lines and accepts any ``!Tag``; a subclass so the global SafeLoader is untouched."""
+MAX_BYTES = 512 * 1024  # a recipe is a few KB; SparseML's largest zoo recipes are under 100 KB
+MAX_DEPTH = 48  # nesting levels, aliases expanded
+MAX_NODES = 10_000  # YAML values with every alias expanded (seed000, 46 scheme overrides: about 600)
+_BRACKETS = re.compile(r"[\[\]{}\n]")
+
+
+try:  # libyaml scans and parses (6x faster than PyYAML's Python scanner); composing stays in Python, bounded below
+    from yaml._yaml import CParser
+
+    _PARSING: tuple = (CParser,)
+except ImportError:  # PyYAML built without libyaml
+    _PARSING = (yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser)
+
+
+class _Loader(yaml.composer.Composer, *_PARSING, yaml.constructor.SafeConstructor, yaml.resolver.Resolver):
+    """A safe loader that keeps lines, accepts any ``!Tag`` and refuses documents past the bounds above. Its own
+    class (not a patched SafeLoader), with the Python composer so every node passes ``compose_node``."""
+
+    def __init__(self, text: str):
+        _PARSING[0].__init__(self, text)  # CParser, or the Python Reader
+        for part in _PARSING[1:]:
+            part.__init__(self)
+        yaml.composer.Composer.__init__(self)
+        yaml.constructor.SafeConstructor.__init__(self)
+        yaml.resolver.Resolver.__init__(self)
+
+    _depth = 0
+    _nodes = 0
+
+    def compose_node(self, parent, index):
+        # the composer recurses once per level: stop deep nesting before Python's stack does, and stop a huge
+        # document before composing and building it costs seconds
+        self._depth += 1
+        self._nodes += 1
+        try:
+            if self._depth > MAX_DEPTH or self._nodes > MAX_NODES:
+                what = f"nesting deeper than {MAX_DEPTH} levels" if self._depth > MAX_DEPTH else \
+                    f"more than {MAX_NODES:,} values"
+                raise yaml.composer.ComposerError(None, None, f"{what}; expected a recipe", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_document(self):
+        node = super().compose_document()
+        _check_expansion(node)
+        return node
+
+    def construct_object(self, node, deep=False):
+        self._last_mark = node.start_mark  # for errors a constructor raises without a mark (bad dates, huge ints)
+        return super().construct_object(node, deep=deep)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a node graph whose alias-expanded tree is too big or too deep, or that contains itself.
+
+    Iterative post-order walk; each distinct node is sized once (memo by id), so the cost is the graph's size.
+    """
+    size: dict[int, tuple[int, int]] = {}  # id -> (expanded nodes, expanded depth)
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            on_path.discard(key)
+            kids = [size[id(c)] for c in _children(node)]
+            nodes, depth = 1 + sum(k[0] for k in kids), 1 + max((k[1] for k in kids), default=0)
+            if nodes > MAX_NODES or depth > MAX_DEPTH:
+                what = f"{nodes:,}+ values" if nodes > MAX_NODES else f"more than {MAX_DEPTH} levels of nesting"
+                raise yaml.composer.ComposerError(None, None, f"aliases expand to {what}; expected a recipe "
+                                                  f"(at most {MAX_NODES:,} values)", node.start_mark)
+            size[key] = (nodes, depth)
+        elif key not in size:
+            if key in on_path:
+                raise yaml.composer.ComposerError(None, None, "an alias refers to the collection that contains it",
+                                                  node.start_mark)
+            on_path.add(key)
+            stack.append((node, True))
+            stack.extend((c, False) for c in _children(node) if id(c) not in size)
+
+
+def _check_flow_depth(text: str, label: str) -> None:
+    """``[[[[...`` (or ``{{{``) deeper than MAX_DEPTH, found by counting brackets before any parser runs (PyYAML's
+    Python scanner looks ahead up to 1024 characters for every open bracket: seconds before the first node).
+    Brackets inside strings count too; a recipe never holds 48 unclosed ones."""
+    depth, line = 0, 1
+    for match in _BRACKETS.finditer(text):
+        char = match.group()
+        if char == "\n":
+            line += 1
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise UserError(f"{label}:{line}: malformed YAML: brackets nest deeper than {MAX_DEPTH} levels; "
+                                "expected a recipe")
+        else:
+            depth = max(depth - 1, 0)
+
+
+def check_nesting(value, what: str) -> None:
+    """Refuse an already-loaded value (e.g. ``--recipe-args`` JSON) past MAX_DEPTH / MAX_NODES; iterative."""
+    stack, count = [(value, 1)], 0
+    while stack:
+        item, depth = stack.pop()
+        count += 1
+        if depth > MAX_DEPTH or count > MAX_NODES:
+            raise UserError(f"{what}: nested more than {MAX_DEPTH} levels or more than {MAX_NODES:,} values; "
+                            "expected recipe variables")
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
 
 
 def _fill_mapping(loader: _Loader, node: yaml.MappingNode, data: LineDict) -> None:
@@ -130,8 +251,15 @@ def looks_like_markdown(text: str) -> bool:
 
 def load_yaml(text: str, label: str):
     """Parse one YAML document with line info; a syntax error becomes one UserError line with the file line."""
+    if len(text) > MAX_BYTES:
+        raise UserError(f"{label}:1: recipe is {len(text):,} characters; expected at most {MAX_BYTES:,}")
+    _check_flow_depth(text, label)
+    loader = None
     try:
-        docs = [d for d in yaml.load_all(text, Loader=_Loader)]
+        loader = _Loader(text)  # PyYAML's Python reader checks the characters here already
+        docs = []
+        while loader.check_data():
+            docs.append(loader.get_data())
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line = mark.line + 1 if mark else 1
@@ -139,6 +267,17 @@ def load_yaml(text: str, label: str):
         raise UserError(f"{label}:{line}: malformed YAML: {what}") from None
     except yaml.YAMLError as err:
         raise UserError(f"{label}:1: malformed YAML: {str(err).splitlines()[0]}") from None
+    except (ValueError, OverflowError, RecursionError, AttributeError, TypeError, KeyError, IndexError) as err:
+        # a constructor's own error on a value or an explicit tag: 2020-13-45, 10**5000, !!timestamp x, !!bool maybe
+        mark = getattr(loader, "_last_mark", None)
+        why = str(err).splitlines()[0][:150] if isinstance(err, (ValueError, OverflowError)) and str(err) else \
+            "not a valid value for its YAML type or tag"
+        if "integer string conversion" in why:  # Python's own guard; its advice (set_int_max_str_digits) is not ours
+            why = "an integer with more than 4300 digits; expected a recipe-sized number"
+        raise UserError(f"{label}:{mark.line + 1 if mark else 1}: malformed YAML value: {why}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
     docs = [d for d in docs if d is not None]
     if len(docs) > 1:
         raise UserError(f"{label}:1: recipe holds {len(docs)} YAML documents; expected one")

@@ -1,4 +1,4 @@
-"""``sparsepipe zoo publish|fetch|list``."""
+"""``sparsepipe zoo publish|fetch|list|import``."""
 
 from __future__ import annotations
 
@@ -39,6 +39,18 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    from sparse_core.sparseml_compat.zoo_import import zoo_import
+
+    manifest = zoo_import(args.folder, args.stub, zoo=args.zoo, overwrite=args.overwrite)
+    if args.json:
+        print(json.dumps(manifest))
+    else:
+        print(f"imported {args.folder} as {manifest['stub']}: " + ", ".join(
+            f"{name} <- {src}" for name, src in manifest["imported_from"].items()))
+    return 0
+
+
 def register(subparsers) -> None:
     zoo = subparsers.add_parser("zoo", help="publish, fetch and list models in the zoo (S3 or a folder)")
     sub = zoo.add_subparsers(dest="zoo_command", metavar="ACTION", required=True)
@@ -58,6 +70,15 @@ def register(subparsers) -> None:
     f.add_argument("--zoo", help=zoo_help)
     f.add_argument("--json", action="store_true")
     f.set_defaults(func=_fetch)
+
+    imp = sub.add_parser("import", help="import a SparseZoo-layout folder (training/model.pt, deployment/model.onnx, "
+                         "recipe/recipe_*.md, model.md) as an entry; its SparseML checkpoint becomes ours")
+    imp.add_argument("folder", help="folder as SparseZoo downloads are laid out")
+    imp.add_argument("stub", help="stub to publish it under, e.g. the SparseZoo stub the seeds use")
+    imp.add_argument("--zoo", help=zoo_help)
+    imp.add_argument("--overwrite", action="store_true", help="replace an existing entry")
+    imp.add_argument("--json", action="store_true", help="print the manifest as one JSON object on the last line")
+    imp.set_defaults(func=_import)
 
     ls = sub.add_parser("list", help="list the stubs in the zoo")
     ls.add_argument("--zoo", help=zoo_help)

@@ -9,7 +9,8 @@ What gets published from a folder:
 - run folder (``sparsepipe train``): ``weights/best.pt`` (as ``model.pt``), recipe ``*.yaml``/``*.md`` (files
   holding a ``Modifier``), ``summary.json``, ``args.yaml``;
 - deployment folder (``sparsepipe export``): ``model.onnx``, ``model.pt`` if present, ``recipe.yaml``,
-  ``data.yaml``, ``export.json``.
+  ``data.yaml``, ``export.json``;
+- a model card ``model.md`` when present (SparseZoo folders, ``sparsepipe zoo import``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -26,13 +28,16 @@ from sparse_core import __version__
 from sparse_core.atomic import atomic_dir
 from sparse_core.data.hashing import file_sha256
 from sparse_core.errors import UserError
+from sparse_core.safe_load import check_safe
+from sparse_core.tracking.redaction import redact
 from sparse_core.zoo import cache
 from sparse_core.zoo.store import open_store
 from sparse_core.zoo.stub import FIELDS, Stub, parse_stub, short_name
 
 MANIFEST = "manifest.json"
 CHECKPOINT_NAMES = ("model.pt", "best.pt", "last.pt")
-_NOT_RECIPES = {"args.yaml", "data.yaml", "dataset.yaml"}
+_NOT_RECIPES = {"args.yaml", "data.yaml", "dataset.yaml", "model.md"}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def recipe_type(name: str) -> str:
@@ -72,10 +77,26 @@ def collect(src_dir: Path) -> dict[str, tuple[Path, str]]:
             name = p.name if p.parent == src_dir else f"recipes/{p.name}"
             files[name] = (p, "recipe")
     for name, role in (("summary.json", "summary"), ("export.json", "export"), ("data.yaml", "data"),
-                       ("args.yaml", "config")):
+                       ("args.yaml", "config"), ("model.md", "card")):
         if (src_dir / name).is_file():
             files[name] = (src_dir / name, role)
     return files
+
+
+TEXT_ROLES = ("recipe", "summary", "export", "data", "config")
+
+
+def _redacted_text_files(files: dict[str, tuple[Path, str]], staging: Path) -> dict[str, tuple[Path, str]]:
+    """Text files as they will be uploaded: secrets masked as MLflow params are (checkpoints go unchanged)."""
+    out = {}
+    for name, (path, role) in files.items():
+        if role in TEXT_ROLES:
+            clean = staging / name
+            clean.parent.mkdir(parents=True, exist_ok=True)
+            clean.write_text(redact(path.read_text(errors="replace")))
+            path = clean
+        out[name] = (path, role)
+    return out
 
 
 def publish(src_dir, stub: str, zoo: str | None = None, overwrite: bool = False) -> dict:
@@ -85,6 +106,8 @@ def publish(src_dir, stub: str, zoo: str | None = None, overwrite: bool = False)
         raise UserError(f"{stub}: publish needs a full stub; expected zoo:" + "/".join(f.upper() for f in FIELDS))
     store = open_store(zoo)
     files = collect(Path(src_dir))
+    staging = tempfile.TemporaryDirectory(prefix="sparsepipe-publish-")
+    files = _redacted_text_files(files, Path(staging.name))
     if store.exists(f"{parsed.path}/{MANIFEST}") and not overwrite:
         raise UserError(f"{stub}: already published in {store.uri}; expected a new stub (or --overwrite)")
     entries, recipes = [], {}
@@ -101,9 +124,11 @@ def publish(src_dir, stub: str, zoo: str | None = None, overwrite: bool = False)
     for name, (path, _role) in sorted(files.items()):
         store.upload(f"{parsed.path}/{name}", path)
     with tempfile.TemporaryDirectory() as tmp:
+        manifest = json.loads(redact(json.dumps(manifest)))
         manifest_path = Path(tmp) / MANIFEST
         manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
         store.upload(f"{parsed.path}/{MANIFEST}", manifest_path)
+    staging.cleanup()
     return manifest
 
 
@@ -143,11 +168,33 @@ def _manifest(stub: Stub, store) -> tuple[dict, bytes]:
     try:
         manifest = json.loads(raw)
         files = manifest["files"]
-        assert all({"path", "sha256", "size"} <= set(f) for f in files)
+        assert isinstance(files, list) and all(isinstance(f, dict) and {"path", "sha256", "size"} <= set(f)
+                                               for f in files)
     except (ValueError, KeyError, TypeError, AssertionError):
         raise UserError(f"{stub}: manifest in {store.uri} is not a sparsepipe zoo manifest; expected JSON with "
                         "'files' [{path, sha256, size}]") from None
+    for i, f in enumerate(files):
+        where = f"{stub}: manifest in {store.uri}: files[{i}]"
+        entry_path(f["path"], f"{where}.path")
+        if not (isinstance(f["sha256"], str) and _SHA256.fullmatch(f["sha256"])):
+            raise UserError(f"{where}.sha256: {str(f['sha256'])[:80]!r}; expected 64 lowercase hex digits")
+        if not (isinstance(f["size"], int) and not isinstance(f["size"], bool) and f["size"] >= 0):
+            raise UserError(f"{where}.size: {str(f['size'])[:40]!r}; expected a byte count (integer >= 0)")
+    listed = {f["path"] for f in files}
+    recipes = manifest.get("recipes") or {}
+    if not isinstance(recipes, dict) or any(not isinstance(v, str) or v not in listed for v in recipes.values()):
+        raise UserError(f"{stub}: manifest in {store.uri}: recipes: expected recipe type -> a path listed in 'files'")
     return manifest, raw
+
+
+def entry_path(rel, where: str) -> str:
+    """A file name from a manifest: relative, '/'-separated, no '..', no empty part, not the manifest itself."""
+    parts = rel.split("/") if isinstance(rel, str) else []
+    if (not parts or rel.startswith("/") or "\\" in rel or "\0" in rel or rel == MANIFEST
+            or any(p in ("", ".", "..") for p in parts)):
+        raise UserError(f"{where}: {str(rel)[:120]!r} escapes the entry; expected a relative path inside it "
+                        "(no '..', no leading '/')")
+    return rel
 
 
 def fetch(stub: str, out=None, zoo: str | None = None) -> Path:
@@ -166,11 +213,12 @@ def fetch(stub: str, out=None, zoo: str | None = None) -> Path:
     blobs = {}
     for f in manifest["files"]:
         rel = f["path"]
-        if rel.startswith("/") or ".." in Path(rel).parts:
-            raise UserError(f"{parsed}: manifest path {rel!r} escapes the entry; expected a relative path")
-        blobs[rel] = cache.blob(store, f"{parsed.path}/{rel}", f["sha256"], int(f["size"]), str(parsed))
+        blobs[rel] = cache.blob(store, f"{parsed.path}/{rel}", f["sha256"], f["size"], str(parsed))
+        if rel.endswith(".pt"):  # hash verified first; then refuse a checkpoint only full unpickling could read
+            check_safe(blobs[rel], str(parsed))
     digest = hashlib.sha256(raw).hexdigest()[:16]
-    entry = cache.assemble(cache.cache_root() / "entries" / parsed.path / digest, blobs, {MANIFEST: raw})
+    hashes = {f["path"]: f["sha256"] for f in manifest["files"]}
+    entry = cache.assemble(cache.cache_root() / "entries" / parsed.path / digest, blobs, {MANIFEST: raw}, hashes)
     if out is None:
         return entry
     out = Path(out)

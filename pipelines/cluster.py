@@ -5,7 +5,8 @@ The names below are the contract between ``manifests/`` (which creates these obj
 SeaweedFS) lives in ``sparsepipe``; KFP starts run pods in its own namespace (``kubeflow`` for standalone KFP), so
 the runner's service account, data PVC, pipeline config and S3 secret live there.
 
-The ``kubernetes`` client is imported inside functions: importing this module for its names stays cheap.
+The ``kubernetes`` client is imported inside functions: importing this module for its names stays cheap. It lives
+beside the pipelines (not in ``sparse_core``): it is about running them on Kubernetes.
 """
 
 from __future__ import annotations
@@ -212,142 +213,188 @@ def _secret_hint(name: str, namespace: str, replace: bool = False) -> str:
     return f"{cmd}   # keys {', '.join(SECRET_KEYS[name])}: see manifests/secrets/{name}.example.env"
 
 
-def run_checks(api, namespace: str = NAMESPACE, run_namespace: str = RUN_NAMESPACE) -> list[Check]:
-    """Every check, in the order a person would fix them. Reads objects; prints nothing; never reads secret values."""
-    from kubernetes import client
+class _Probe:
+    """The API clients of one check run and the checks found so far."""
 
-    core = client.CoreV1Api(api)
-    apps = client.AppsV1Api(api)
-    rbac = client.RbacAuthorizationV1Api(api)
-    discovery = client.DiscoveryV1Api(api)
-    t = REQUEST_TIMEOUT
-    checks: list[Check] = []
+    def __init__(self, api):
+        from kubernetes import client
 
-    def get(fn):
-        return _call(api, fn)
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.apps = client.AppsV1Api(api)
+        self.rbac = client.RbacAuthorizationV1Api(api)
+        self.discovery = client.DiscoveryV1Api(api)
+        self.checks: list[Check] = []
 
-    def forbidden(name, ns, obj) -> bool:
+    def get(self, fn):
+        return _call(self.api, fn)
+
+    def add(self, name: str, namespace: str | None, ok: bool, detail: str, fix: str = "") -> None:
+        self.checks.append(Check(name, namespace, ok, detail, fix))
+
+    def forbidden(self, name: str, namespace: str | None, obj) -> bool:
+        """True (and a failed check recorded) when reading ``obj`` was refused."""
         if isinstance(obj, PermissionError):
-            checks.append(Check(name, ns, False, f"forbidden: {obj}",
-                                "ask for read access to it (kubectl auth can-i get ...)"))
+            self.add(name, namespace, False, f"forbidden: {obj}",
+                     "ask for read access to it (kubectl auth can-i get ...)")
             return True
         return False
 
-    # 1. tracking namespace and its Pod Security label
-    ns_obj = get(lambda: core.read_namespace(namespace, _request_timeout=t))
-    if not forbidden(f"namespace/{namespace}", None, ns_obj):
-        if ns_obj is None:
-            checks.append(Check(f"namespace/{namespace}", None, False, "not found", _apply_hint()))
-        else:
-            level = (ns_obj.metadata.labels or {}).get(PSS_LABEL)
-            checks.append(Check(f"namespace/{namespace}", None, level == "restricted",
-                                f"pod-security enforce={level or 'unset'}",
-                                "" if level == "restricted" else
-                                f"kubectl label namespace {namespace} {PSS_LABEL}=restricted --overwrite"))
 
-    # 2. MLflow service with ready endpoints
-    svc = get(lambda: core.read_namespaced_service(MLFLOW_SERVICE, namespace, _request_timeout=t))
+def run_checks(api, namespace: str = NAMESPACE, run_namespace: str = RUN_NAMESPACE) -> list[Check]:
+    """Every check, in the order a person would fix them. Reads objects; prints nothing; never reads secret values."""
+    p = _Probe(api)
+    _check_tracking_namespace(p, namespace)
+    _check_mlflow_service(p, namespace)
+    _check_tracking_secrets(p, namespace)
+    _check_run_namespace(p, run_namespace)
+    _check_runner_account(p, run_namespace)
+    _check_data_pvc(p, run_namespace)
+    _check_pipeline_config(p, run_namespace)
+    _check_secret(p, S3_SECRET, run_namespace)
+    return p.checks
+
+
+def _check_tracking_namespace(p: _Probe, namespace: str) -> None:
+    """The tracking namespace exists and enforces the restricted Pod Security level."""
+    ns_obj = p.get(lambda: p.core.read_namespace(namespace, _request_timeout=REQUEST_TIMEOUT))
+    if p.forbidden(f"namespace/{namespace}", None, ns_obj):
+        return
+    if ns_obj is None:
+        p.add(f"namespace/{namespace}", None, False, "not found", _apply_hint())
+        return
+    level = (ns_obj.metadata.labels or {}).get(PSS_LABEL)
+    p.add(f"namespace/{namespace}", None, level == "restricted", f"pod-security enforce={level or 'unset'}",
+          "" if level == "restricted" else f"kubectl label namespace {namespace} {PSS_LABEL}=restricted --overwrite")
+
+
+def _ready_endpoints(p: _Probe, namespace: str) -> int | None:
+    """Ready endpoints behind the MLflow service; None when they cannot be read."""
+    slices = p.get(lambda: p.discovery.list_namespaced_endpoint_slice(
+        namespace, label_selector=f"kubernetes.io/service-name={MLFLOW_SERVICE}", _request_timeout=REQUEST_TIMEOUT))
+    if isinstance(slices, PermissionError) or slices is None:
+        return None
+    return sum(1 for s in slices.items for e in (s.endpoints or [])
+               if e.conditions is None or e.conditions.ready is not False)
+
+
+def _check_mlflow_service(p: _Probe, namespace: str) -> None:
+    """The MLflow service exists on its port with at least one ready pod behind it."""
     name = f"service/{MLFLOW_SERVICE}"
-    if not forbidden(name, namespace, svc):
-        if svc is None:
-            checks.append(Check(name, namespace, False, "not found", _apply_hint()))
-        else:
-            ports = [p.port for p in (svc.spec.ports or [])]
-            slices = get(lambda: discovery.list_namespaced_endpoint_slice(
-                namespace, label_selector=f"kubernetes.io/service-name={MLFLOW_SERVICE}", _request_timeout=t))
-            if isinstance(slices, PermissionError) or slices is None:
-                ready = None
-            else:
-                ready = sum(1 for s in slices.items for e in (s.endpoints or [])
-                            if e.conditions is None or e.conditions.ready is not False)
-            if MLFLOW_PORT not in ports:
-                checks.append(Check(name, namespace, False, f"ports {ports}; expected {MLFLOW_PORT}", _apply_hint()))
-            elif ready == 0:
-                checks.append(Check(name, namespace, False, "no ready MLflow pod behind it",
-                                    f"kubectl -n {namespace} rollout status deployment/mlflow; "
-                                    f"kubectl -n {namespace} logs deployment/mlflow"))
-            else:
-                detail = f"port {MLFLOW_PORT}" + ("" if ready is None else f", {ready} ready endpoint(s)")
-                checks.append(Check(name, namespace, True, detail))
+    svc = p.get(lambda: p.core.read_namespaced_service(MLFLOW_SERVICE, namespace, _request_timeout=REQUEST_TIMEOUT))
+    if p.forbidden(name, namespace, svc):
+        return
+    if svc is None:
+        p.add(name, namespace, False, "not found", _apply_hint())
+        return
+    ports = [port.port for port in (svc.spec.ports or [])]
+    ready = _ready_endpoints(p, namespace)
+    if MLFLOW_PORT not in ports:
+        p.add(name, namespace, False, f"ports {ports}; expected {MLFLOW_PORT}", _apply_hint())
+    elif ready == 0:
+        p.add(name, namespace, False, "no ready MLflow pod behind it",
+              f"kubectl -n {namespace} rollout status deployment/mlflow; "
+              f"kubectl -n {namespace} logs deployment/mlflow")
+    else:
+        p.add(name, namespace, True, f"port {MLFLOW_PORT}" + ("" if ready is None else f", {ready} ready endpoint(s)"))
 
-    # 3. secrets of the tracking stack (postgres' own only when it runs in the cluster)
-    sts = get(lambda: apps.read_namespaced_stateful_set(POSTGRES_STATEFULSET, namespace, _request_timeout=t))
+
+def _check_tracking_secrets(p: _Probe, namespace: str) -> None:
+    """Secrets of the tracking stack; postgres' own only when PostgreSQL runs in the cluster."""
+    sts = p.get(lambda: p.apps.read_namespaced_stateful_set(POSTGRES_STATEFULSET, namespace,
+                                                            _request_timeout=REQUEST_TIMEOUT))
     wanted = [S3_SECRET, MLFLOW_DB_SECRET]
     if sts is not None and not isinstance(sts, PermissionError):
         wanted.append(POSTGRES_SECRET)
     for secret in wanted:
-        _check_secret(checks, get, core, secret, namespace, forbidden)
+        _check_secret(p, secret, namespace)
     if POSTGRES_SECRET not in wanted:
-        checks.append(Check(f"secret/{POSTGRES_SECRET}", namespace, True,
-                            f"not needed: no statefulset/{POSTGRES_STATEFULSET} (external database)"))
-
-    # 4. the run namespace: KFP's, with what our steps need
-    run_ns = get(lambda: core.read_namespace(run_namespace, _request_timeout=t))
-    if not forbidden(f"namespace/{run_namespace}", None, run_ns):
-        checks.append(Check(f"namespace/{run_namespace}", None, run_ns is not None,
-                            "KFP run namespace" if run_ns is not None else "not found",
-                            "" if run_ns is not None else
-                            "install Kubeflow Pipelines first (docs/deploy.md, step 1), or pass --run-namespace"))
-
-    sa = get(lambda: core.read_namespaced_service_account(SERVICE_ACCOUNT, run_namespace, _request_timeout=t))
-    if not forbidden(f"serviceaccount/{SERVICE_ACCOUNT}", run_namespace, sa):
-        checks.append(Check(f"serviceaccount/{SERVICE_ACCOUNT}", run_namespace, sa is not None,
-                            "present" if sa is not None else "not found", "" if sa is not None else _apply_hint()))
-    rb = get(lambda: rbac.read_namespaced_role_binding(SERVICE_ACCOUNT, run_namespace, _request_timeout=t))
-    if not forbidden(f"rolebinding/{SERVICE_ACCOUNT}", run_namespace, rb):
-        bound = rb is not None and any(s.kind == "ServiceAccount" and s.name == SERVICE_ACCOUNT
-                                       for s in (rb.subjects or []))
-        checks.append(Check(f"rolebinding/{SERVICE_ACCOUNT}", run_namespace, bound,
-                            "binds the runner service account" if bound else
-                            ("not found" if rb is None else f"does not bind serviceaccount/{SERVICE_ACCOUNT}"),
-                            "" if bound else _apply_hint()))
-
-    pvc = get(lambda: core.read_namespaced_persistent_volume_claim(DATA_PVC, run_namespace, _request_timeout=t))
-    if not forbidden(f"persistentvolumeclaim/{DATA_PVC}", run_namespace, pvc):
-        if pvc is None:
-            checks.append(Check(f"persistentvolumeclaim/{DATA_PVC}", run_namespace, False, "not found", _apply_hint()))
-        else:
-            phase = (pvc.status.phase if pvc.status else None) or "Unknown"
-            modes = ",".join(pvc.spec.access_modes or [])
-            ok = phase in ("Bound", "Pending")
-            detail = f"{phase}, {modes}" + (" (binds when the first step mounts it, if its storage class waits "
-                                              "for a consumer)" if phase == "Pending" else "")
-            checks.append(Check(f"persistentvolumeclaim/{DATA_PVC}", run_namespace, ok, detail,
-                                "" if ok else f"kubectl -n {run_namespace} describe pvc {DATA_PVC}"))
-
-    cm = get(lambda: core.read_namespaced_config_map(PIPELINE_CONFIGMAP, run_namespace, _request_timeout=t))
-    if not forbidden(f"configmap/{PIPELINE_CONFIGMAP}", run_namespace, cm):
-        if cm is None:
-            checks.append(Check(f"configmap/{PIPELINE_CONFIGMAP}", run_namespace, False, "not found", _apply_hint()))
-        else:
-            try:
-                pc = parse_pipeline_config(cm.data or {}, source=f"{run_namespace}/configmap/{PIPELINE_CONFIGMAP}")
-                gpu = (f"{pc.gpu_count} x {pc.gpu_resource} per GPU step, node selector {pc.gpu_node_selector}"
-                       if pc.gpu_count else "GPU steps run on CPU (SPARSEPIPE_GPU_COUNT=0)")
-                checks.append(Check(f"configmap/{PIPELINE_CONFIGMAP}", run_namespace, True, gpu))
-            except UserError as err:
-                checks.append(Check(f"configmap/{PIPELINE_CONFIGMAP}", run_namespace, False, str(err),
-                                    f"kubectl -n {run_namespace} edit configmap {PIPELINE_CONFIGMAP}"))
-
-    _check_secret(checks, get, core, S3_SECRET, run_namespace, forbidden)
-    return checks
+        p.add(f"secret/{POSTGRES_SECRET}", namespace, True,
+              f"not needed: no statefulset/{POSTGRES_STATEFULSET} (external database)")
 
 
-def _check_secret(checks, get, core, name, namespace, forbidden) -> None:
+def _check_run_namespace(p: _Probe, run_namespace: str) -> None:
+    """KFP's run namespace exists (standalone KFP creates ``kubeflow``)."""
+    run_ns = p.get(lambda: p.core.read_namespace(run_namespace, _request_timeout=REQUEST_TIMEOUT))
+    if p.forbidden(f"namespace/{run_namespace}", None, run_ns):
+        return
+    p.add(f"namespace/{run_namespace}", None, run_ns is not None,
+          "KFP run namespace" if run_ns is not None else "not found",
+          "" if run_ns is not None else
+          "install Kubeflow Pipelines first (docs/deploy.md, step 1), or pass --run-namespace")
+
+
+def _check_runner_account(p: _Probe, run_namespace: str) -> None:
+    """The runner service account, and a role binding that binds it."""
+    t = REQUEST_TIMEOUT
+    sa = p.get(lambda: p.core.read_namespaced_service_account(SERVICE_ACCOUNT, run_namespace, _request_timeout=t))
+    if not p.forbidden(f"serviceaccount/{SERVICE_ACCOUNT}", run_namespace, sa):
+        p.add(f"serviceaccount/{SERVICE_ACCOUNT}", run_namespace, sa is not None,
+              "present" if sa is not None else "not found", "" if sa is not None else _apply_hint())
+    rb = p.get(lambda: p.rbac.read_namespaced_role_binding(SERVICE_ACCOUNT, run_namespace, _request_timeout=t))
+    if p.forbidden(f"rolebinding/{SERVICE_ACCOUNT}", run_namespace, rb):
+        return
+    bound = rb is not None and any(s.kind == "ServiceAccount" and s.name == SERVICE_ACCOUNT
+                                   for s in (rb.subjects or []))
+    p.add(f"rolebinding/{SERVICE_ACCOUNT}", run_namespace, bound,
+          "binds the runner service account" if bound else
+          ("not found" if rb is None else f"does not bind serviceaccount/{SERVICE_ACCOUNT}"),
+          "" if bound else _apply_hint())
+
+
+def _check_data_pvc(p: _Probe, run_namespace: str) -> None:
+    """The data PVC is bound (or pending until its first consumer, for WaitForFirstConsumer classes)."""
+    name = f"persistentvolumeclaim/{DATA_PVC}"
+    pvc = p.get(lambda: p.core.read_namespaced_persistent_volume_claim(DATA_PVC, run_namespace,
+                                                                       _request_timeout=REQUEST_TIMEOUT))
+    if p.forbidden(name, run_namespace, pvc):
+        return
+    if pvc is None:
+        p.add(name, run_namespace, False, "not found", _apply_hint())
+        return
+    phase = (pvc.status.phase if pvc.status else None) or "Unknown"
+    modes = ",".join(pvc.spec.access_modes or [])
+    ok = phase in ("Bound", "Pending")
+    detail = f"{phase}, {modes}" + (" (binds when the first step mounts it, if its storage class waits "
+                                      "for a consumer)" if phase == "Pending" else "")
+    p.add(name, run_namespace, ok, detail, "" if ok else f"kubectl -n {run_namespace} describe pvc {DATA_PVC}")
+
+
+def _check_pipeline_config(p: _Probe, run_namespace: str) -> None:
+    """The pipeline ConfigMap exists and parses (``parse_pipeline_config``)."""
+    name = f"configmap/{PIPELINE_CONFIGMAP}"
+    cm = p.get(lambda: p.core.read_namespaced_config_map(PIPELINE_CONFIGMAP, run_namespace,
+                                                         _request_timeout=REQUEST_TIMEOUT))
+    if p.forbidden(name, run_namespace, cm):
+        return
+    if cm is None:
+        p.add(name, run_namespace, False, "not found", _apply_hint())
+        return
+    try:
+        pc = parse_pipeline_config(cm.data or {}, source=f"{run_namespace}/configmap/{PIPELINE_CONFIGMAP}")
+    except UserError as err:
+        p.add(name, run_namespace, False, str(err), f"kubectl -n {run_namespace} edit configmap {PIPELINE_CONFIGMAP}")
+        return
+    gpu = (f"{pc.gpu_count} x {pc.gpu_resource} per GPU step, node selector {pc.gpu_node_selector}"
+           if pc.gpu_count else "GPU steps run on CPU (SPARSEPIPE_GPU_COUNT=0)")
+    p.add(name, run_namespace, True, gpu)
+
+
+def _check_secret(p: _Probe, name: str, namespace: str) -> None:
     """Present with every key non-empty. Only key names are looked at; values are never printed or returned."""
-    obj = get(lambda: core.read_namespaced_secret(name, namespace, _request_timeout=REQUEST_TIMEOUT))
-    if forbidden(f"secret/{name}", namespace, obj):
+    obj = p.get(lambda: p.core.read_namespaced_secret(name, namespace, _request_timeout=REQUEST_TIMEOUT))
+    if p.forbidden(f"secret/{name}", namespace, obj):
         return
     if obj is None:
-        checks.append(Check(f"secret/{name}", namespace, False, "not found", _secret_hint(name, namespace)))
+        p.add(f"secret/{name}", namespace, False, "not found", _secret_hint(name, namespace))
         return
     data = obj.data or {}
     missing = [k for k in SECRET_KEYS[name] if not data.get(k)]
     if missing:
-        checks.append(Check(f"secret/{name}", namespace, False, f"missing or empty keys: {', '.join(missing)}",
-                            _secret_hint(name, namespace, replace=True)))
+        p.add(f"secret/{name}", namespace, False, f"missing or empty keys: {', '.join(missing)}",
+              _secret_hint(name, namespace, replace=True))
     else:
-        checks.append(Check(f"secret/{name}", namespace, True, f"keys {', '.join(SECRET_KEYS[name])}"))
+        p.add(f"secret/{name}", namespace, True, f"keys {', '.join(SECRET_KEYS[name])}")
 
 
 def _context_name(kubeconfig: str | None, context: str | None) -> str:
