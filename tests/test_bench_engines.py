@@ -130,7 +130,8 @@ def test_benchmark_step_engine_precision_in_mlflow(models, tmp_path):
     root, _ = models
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     res = steps.benchmark(model=str(root / "dense"), out=str(tmp_path / "bench.json"), engine="openvino",
-                          precision="f32", iterations=2, warmup=0, mlflow_uri=uri, cache_dir="none")
+                          precision="f32", iterations=2, warmup=0,
+                          ctx=steps.StepContext(mlflow_uri=uri, cache_dir="none"))
     assert res["engine"] == "openvino" and res["precision"] == "f32"
     assert json.loads((tmp_path / "bench.json").read_text())["precision"] == "f32"
     client = mlflow.tracking.MlflowClient(uri)
@@ -182,3 +183,30 @@ def test_nncf_ptq_keeps_the_head_float(models, tmp_path):
     kernels = loaded.profile(2)["conv_kernels"]
     share = why.ov_integer_share(kernels, why.conv_macs(onnx.load(str(onnx_path))))
     assert share["matched_mac_share"] > 0.9 and share["integer_conv_mac_share"] > 0.5
+
+
+@pytest.mark.parametrize("yaml_name", ["yolov8n-seg.yaml", "yolov5nu.yaml", "yolov3-tinyu.yaml"])
+def test_every_family_exports_and_runs_on_openvino(yaml_name, tmp_path):
+    """Detect and Segment exports of the v3u/v5u/v8 families compile and run in OpenVINO and give onnxruntime's
+    outputs (f32), with the DFL exported as float reductions."""
+    import numpy as np
+    import onnxruntime as ort
+    from ultralytics.nn.tasks import DetectionModel, SegmentationModel
+
+    from sparse_core.bench import engines
+
+    torch.manual_seed(0)
+    cls = SegmentationModel if "-seg" in yaml_name else DetectionModel
+    info = export_model({"model": cls(yaml_name, nc=2, verbose=False)}, tmp_path / "d", imgsz=64)
+    assert "Softmax" not in info["node_types"]
+    path = tmp_path / "d" / "model.onnx"
+    x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
+    got = engines.openvino(path, x, threads=1, precision="f32")
+    assert got.precision == "f32"
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    ov_out = compiled(x)
+    ort_out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x})
+    for i, ref in enumerate(ort_out):
+        assert np.allclose(ov_out[i], ref, atol=1e-3, rtol=1e-3), i

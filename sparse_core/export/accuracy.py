@@ -37,10 +37,13 @@ def measure(ckpt: dict, folder: Path, data: Path, imgsz: int, allow_drop: bool, 
     from sparse_core.integrations.ultralytics.run import val
     from sparse_core.onnx_val import val_onnx
 
+    from sparse_core.safe_load import trusting
+
     with tempfile.TemporaryDirectory(prefix="sparsepipe-acc-") as tmp:
         pt = Path(tmp) / "model.pt"
         torch.save(ckpt, pt)  # the validator loads a file; the dict may be an in-memory checkpoint
-        torch_map = val(str(pt), data=str(data), imgsz=imgsz, batch=1, device="cpu")["map50_95"]
+        with trusting([pt]):  # written just now from the checkpoint already loaded (and vetted) by export
+            torch_map = val(str(pt), data=str(data), imgsz=imgsz, batch=1, device="cpu")["map50_95"]
     ort = val_onnx(folder, data)
     ov = val_onnx(folder, data, engine="openvino")
     drops = {"onnxruntime": round(torch_map - ort["map50_95"], 6), "openvino": round(torch_map - ov["map50_95"], 6)}
