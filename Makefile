@@ -20,7 +20,9 @@ $(STAMP): pyproject.toml scripts/install.sh
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-test: install services deepsparse-venv
+# The DeepSparse side venv is optional for the tests: without it they check the one-line "build it" error instead
+test: install services
+	-@$(MAKE) --no-print-directory deepsparse-venv || echo "warning: DeepSparse side venv not built"
 	$(BIN)/python -m pytest -x -q tests
 
 # PostgreSQL backs the MLflow server tests; it runs on this machine kind, but start it if it is down.
