@@ -26,7 +26,7 @@ from sparse_core.errors import UserError
 from sparse_core.integrations.ultralytics.stage import StageInputs, TrainSettings
 from sparse_core.step_cache import cached, link_or_copy
 from sparse_core.tracking.lineage import file_sha256
-from sparse_core.tracking.record import bench_metrics
+from sparse_core.tracking.record import bench_metrics, bench_params
 from sparse_core.tracking.step_run import (  # noqa: F401  (re-exported: components and the pipeline CLI use them)
     ERRORS_ENV,
     TAG_CACHE,
@@ -378,14 +378,15 @@ def _deploy_lineage(tracker, deploy: Path, summary: dict) -> dict:
 
 
 def benchmark(model: str, out: str, engine: str = "onnxruntime", threads: int = 0, seconds: float = 0.0,
-              iterations: int = 50, warmup: int = 5, ctx: StepContext = StepContext()) -> dict:
+              iterations: int = 50, warmup: int = 5, ctx: StepContext = StepContext(), precision: str = "") -> dict:
     """Throughput/latency/size of the deployment folder ``model`` (``sparse_core.bench``); ``out`` is a JSON file.
 
     Cached per (model.onnx sha256, engine, threads, run length, CPU model): a speed measured on another CPU is not
     reused.
     """
     step = ctx.named("benchmark")
-    params = {"engine": engine, "threads": threads, "seconds": seconds, "iterations": iterations, "warmup": warmup}
+    params = {"engine": engine, "threads": threads, "seconds": seconds, "iterations": iterations, "warmup": warmup,
+              "precision": precision or "default"}
     with step_run(step, params, ctx) as tracker:
         from sparse_core.bench import benchmark as bench
         from sparse_core.bench.cpu import cpu_info
@@ -397,7 +398,8 @@ def benchmark(model: str, out: str, engine: str = "onnxruntime", threads: int = 
         threads_n = int(threads) or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                      else os.cpu_count() or 1)
         cpu = cpu_info()
-        parts = {"onnx": file_sha256(onnx_path), "engine": engine, "threads": threads_n, "seconds": float(seconds),
+        parts = {"onnx": file_sha256(onnx_path), "engine": engine, "precision": precision, "threads": threads_n,
+                 "seconds": float(seconds),
                  "iterations": int(iterations), "warmup": int(warmup),
                  "cpu": {k: cpu.get(k) for k in ("model", "isa", "flags", "available_cpus")}}
         out_path = Path(out)
@@ -405,7 +407,7 @@ def benchmark(model: str, out: str, engine: str = "onnxruntime", threads: int = 
         def compute(o: Path) -> dict:
             res = bench(str(deploy), engine=engine, threads=threads_n, warmup=int(warmup),
                         iterations=int(iterations) if not float(seconds) else None,
-                        seconds=float(seconds) or None)
+                        seconds=float(seconds) or None, precision=precision or None)
             res["model"] = "model.onnx"
             write_json(o / "benchmark.json", res)
             return res
@@ -414,6 +416,7 @@ def benchmark(model: str, out: str, engine: str = "onnxruntime", threads: int = 
         result, hit, key = cached(step, parts, scratch, compute, ctx.cache_dir)
         write_json(out_path, result)
         shutil.rmtree(scratch, ignore_errors=True)
+        tracker.log_params(bench_params(result))
         log_outcome(tracker, hit, key, metrics=bench_metrics(result), artifacts=[out_path])
         return result
 

@@ -44,6 +44,10 @@ def register(sub) -> None:
     v.add_argument("--imgsz", type=int)
     v.add_argument("--batch", type=int, default=16)
     v.add_argument("--device")
+    v.add_argument("--engine", choices=("onnxruntime", "openvino"), default=None,
+                   help="runtime for an exported model: onnxruntime (default) or openvino (mAP of an OpenVINO deployment)")
+    v.add_argument("--precision", choices=("f32", "bf16", "f16"), default=None,
+                   help="OpenVINO inference precision (default: OpenVINO's own, bf16 on AVX512_BF16/AMX CPUs)")
     v.add_argument("--json", action="store_true")
     v.add_argument("--trust-checkpoint", action="store_true",
                    help="fully unpickle a local .pt the safe loader refuses (only files you trust: it can run code)")
@@ -98,9 +102,21 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _val(args: argparse.Namespace) -> int:
+    from sparse_core.errors import UserError
     from sparse_core.integrations.ultralytics import val
     from sparse_core.safe_load import trusting
 
+    if args.engine or args.precision:
+        if str(args.weights).endswith(".pt"):
+            raise UserError(f"--engine/--precision: {args.weights} is a checkpoint; expected an exported .onnx or "
+                            "deployment folder (export it with `sparsepipe export`)")
+        if not args.data:
+            raise UserError("val needs --data D.yaml")
+        from sparse_core.onnx_val import val_onnx
+
+        _print(val_onnx(args.weights, args.data, imgsz=args.imgsz, batch=None, engine=args.engine or "onnxruntime",
+                        precision=args.precision), args.json)
+        return 0
     with trusting([args.weights], args.trust_checkpoint):
         result = val(args.weights, data=args.data, imgsz=args.imgsz, batch=args.batch, device=args.device)
     _print(result, args.json)

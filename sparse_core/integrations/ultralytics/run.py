@@ -333,9 +333,10 @@ def val(weights: str, data: str | None = None, imgsz: int | None = None, batch: 
     """Evaluate a checkpoint (.pt) or an exported model (.onnx / deployment folder) with Ultralytics' metrics."""
     offline.make_offline()
     path = Path(weights)
-    if path.is_dir():
+    openvino_ir = path.is_dir() and path.name.endswith("_openvino_model")  # written by sparse_core.onnx_val
+    if path.is_dir() and not openvino_ir:
         path = path / "model.onnx"
-    if not path.is_file():
+    if not (path.is_file() or openvino_ir):
         raise UserError(f"{weights}: model not found")
     task = "detect"
     deploy_cfg = {}
@@ -347,10 +348,12 @@ def val(weights: str, data: str | None = None, imgsz: int | None = None, batch: 
         task = _model_task(str(path), ckpt)
         imgsz = imgsz or sparsepipe_meta(ckpt).get("imgsz") or ckpt.get("train_args", {}).get("imgsz") or 640
         data = data or ckpt.get("train_args", {}).get("data")
-    elif path.suffix == ".onnx":
-        if (path.parent / "data.yaml").is_file():
-            deploy_cfg = yaml.safe_load((path.parent / "data.yaml").read_text()) or {}
-        _check_onnx(path)
+    elif path.suffix == ".onnx" or openvino_ir:
+        cfg_file = path / "data.yaml" if openvino_ir else path.parent / "data.yaml"
+        if cfg_file.is_file():
+            deploy_cfg = yaml.safe_load(cfg_file.read_text()) or {}
+        if not openvino_ir:
+            _check_onnx(path)
         task = deploy_cfg.get("task", task)
         imgsz = imgsz or deploy_cfg.get("imgsz") or 640
         batch = 1  # exported graphs have a static batch
