@@ -150,8 +150,10 @@ def nncf_int8(row: dict, data: Path, imgsz: int) -> Path:
     xml = Path(row["deploy"]) / "openvino_int8" / "model.xml"
     if not xml.is_file():
         log(f"{Path(row['deploy']).name}: NNCF post-training INT8 for OpenVINO")
+        from sparse_core.baseline import calibration_images, letterbox
+
         openvino_int8.ptq(Path(row["deploy"]) / "model.onnx", xml,
-                          openvino_int8.calibration_images(data, imgsz))
+                          [letterbox(p, imgsz) for p in calibration_images(data, 16)])
     return xml
 
 

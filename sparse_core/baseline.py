@@ -5,8 +5,8 @@ What Ultralytics does (``ultralytics/engine/exporter.py``, OpenVINO INT8): NNCF 
 ignored scope that keeps the head's post-processing in float (Add/Sub/Mul/Div of the box decode, the DFL, Sigmoid).
 Here the same recipe runs on our FP32 ONNX export with NNCF's ONNX backend, so the result is a QDQ ``model.onnx``
 that ``sparsepipe val``/``benchmark`` take like any deployment folder and OpenVINO compiles to INT8 kernels.
-Ultralytics' name patterns are written for its own IR node names (``.*model.22/.*/Add``); on ONNX names the same
-split would match every op, so the ignored scope is built from the ONNX graph: nodes under the head's prefix.
+The ignored scope is ``sparse_core.export.openvino_int8.head_scope`` (built from the ONNX graph, see there); that
+module also writes the same quantization as OpenVINO IR for the speed benchmark.
 """
 
 from __future__ import annotations
@@ -22,20 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from sparse_core.errors import UserError
-
-HEAD_FLOAT_OPS = ("Add", "Sub", "Mul", "Div", "Sigmoid", "Softmax")
-
-
-def head_ignored_scope(proto) -> list[str]:
-    """Names of the Detect/Segment head's decode ops (and all of its DFL) in an Ultralytics ONNX export."""
-    convs = [n.name for n in proto.graph.node if n.op_type == "Conv" and n.name.startswith("/model.")]
-    if not convs:
-        raise UserError("baseline: the ONNX graph has no '/model.N/' conv names; expected an Ultralytics export")
-    head = max({c.split("/")[1] for c in convs}, key=lambda s: int(s.split(".")[1]))  # 'model.22'
-    prefix = f"/{head}/"
-    return [n.name for n in proto.graph.node if n.name.startswith(prefix)
-            and (n.op_type in HEAD_FLOAT_OPS or "/dfl/" in n.name)]
-
+from sparse_core.export.openvino_int8 import head_scope
 
 def letterbox(path: Path, imgsz: int) -> np.ndarray:
     """Ultralytics' val preprocessing: keep aspect, pad with grey 114, RGB, /255, NCHW float32."""
@@ -96,7 +83,7 @@ def openvino_int8_baseline(weights: str | os.PathLike, data: str | os.PathLike, 
         proto = onnx.load(str(Path(tmp) / "fp32" / "model.onnx"))
         input_name = proto.graph.input[0].name
         images = calibration_images(data, calib, seed)
-        ignored = head_ignored_scope(proto)
+        ignored = head_scope(proto)
         dataset = nncf.Dataset(list(_dataset(images, fp32["imgsz"], input_name)))
         quantized = nncf.quantize(proto, dataset, preset=nncf.QuantizationPreset.MIXED,
                                   subset_size=len(images), ignored_scope=nncf.IgnoredScope(names=ignored))

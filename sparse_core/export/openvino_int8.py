@@ -46,25 +46,3 @@ def ptq(onnx_path: str | os.PathLike, out_xml: str | os.PathLike, images: list[n
     ov.save_model(quantized, str(out_xml), compress_to_fp16=False)
     return {"ignored_nodes": len(ignored), "calibration_images": len(images), "nncf": nncf.__version__}
 
-
-def calibration_images(data_yaml: str | os.PathLike, imgsz: int, n: int = 16) -> list[np.ndarray]:
-    """Up to ``n`` val images of an Ultralytics data set, letterboxed to ``imgsz`` like the validator does."""
-    import cv2
-    import yaml
-
-    cfg = yaml.safe_load(Path(data_yaml).read_text())
-    root = Path(cfg.get("path") or Path(data_yaml).parent)
-    folder = root / cfg["val"]
-    out = []
-    for f in sorted(folder.glob("*"))[:n]:
-        im = cv2.imread(str(f))
-        if im is None:
-            continue
-        h, w = im.shape[:2]
-        r = imgsz / max(h, w)
-        im = cv2.resize(im, (round(w * r), round(h * r)))
-        canvas = np.full((imgsz, imgsz, 3), 114, np.uint8)
-        top, left = (imgsz - im.shape[0]) // 2, (imgsz - im.shape[1]) // 2
-        canvas[top:top + im.shape[0], left:left + im.shape[1]] = im
-        out.append(canvas[..., ::-1].transpose(2, 0, 1)[None].astype(np.float32) / 255)
-    return out
