@@ -40,6 +40,7 @@ COMMANDS = {
     "cluster": "pipelines.cluster",
     "import": "sparse_core.sparseml_compat.cli",
     "baseline": "sparse_core.baseline",
+    "analyze": "sparse_core.sensitivity.cli",
 }
 # OS errors on a path the user named are bad input, not a bug in sparsepipe
 _USER_OS_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
