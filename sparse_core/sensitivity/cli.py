@@ -53,3 +53,34 @@ def run_analyze(args: argparse.Namespace) -> int:
                           "dense": result["dense"], "timing": result["timing"],
                           "dense_ms": {e: v["dense_ms"] for e, v in result["latency"].items()}}))
     return 0
+
+
+def add_generate_parser(sub) -> None:
+    p = sub.add_parser("generate", help="per-group structured recipe for a latency target, from an analysis.json")
+    p.add_argument("--analysis", required=True, help="analysis.json written by sparsepipe analyze")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--target-speedup", type=float, help="dense latency / target latency, e.g. 2.0")
+    target.add_argument("--target-latency-ms", type=float, help="target latency in ms (one image)")
+    p.add_argument("--engine", default=None, help="engine whose latency model to use (default: the analysis' first)")
+    p.add_argument("--qat", action="store_true", help="add a QAT stage after the structured stage")
+    p.add_argument("--epochs", type=int, default=10, help="epochs of the structured + KD stage")
+    p.add_argument("--pruning-end", type=int, default=None, help="epoch pruning ends (default 60%% of --epochs)")
+    p.add_argument("--qat-epochs", type=int, default=3)
+    p.add_argument("--out", default="recipe.yaml", help="recipe file to write")
+    p.add_argument("--json", action="store_true", help="one JSON summary as the last stdout line")
+    p.set_defaults(func=run_generate)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from sparse_core.sensitivity.generate import generate
+
+    plan = generate(args.analysis, args.out, args.target_speedup, args.target_latency_ms, args.engine, args.qat,
+                    args.epochs, args.pruning_end, args.qat_epochs)
+    if args.json:
+        print(json.dumps(plan))
+    else:
+        pruned = sum(1 for s in plan["sparsity"].values() if s > 0)
+        print(f"{plan['recipe']}: {pruned} of {len(plan['sparsity'])} groups pruned; predicted {plan['predicted_ms']:.2f}"
+              f" ms on {plan['engine']} (dense {plan['dense_ms']:.2f}), mAP50-95 drop "
+              f"{100 * plan['predicted_map_drop']:.2f} points")
+    return 0

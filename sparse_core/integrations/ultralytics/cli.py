@@ -30,6 +30,9 @@ def register(sub) -> None:
     p.add_argument("--experiment", default="sparsepipe", help="MLflow experiment name")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="skip Ultralytics' plots")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    p.add_argument("--max-map-drop", type=float, default=None, metavar="POINTS",
+                   help="accuracy budget: back off to gentler sparsity until mAP50-95 is within POINTS of the dense "
+                        "model's (exit 3 if no attempt is)")
     yolact = p.add_argument_group("YOLACT-style COCO inputs (seed 003); prepared into an Ultralytics segment set")
     for flag in ("--train_info", "--validation_info", "--train_images", "--validation_images"):
         yolact.add_argument(flag, help=argparse.SUPPRESS if flag != "--train_info" else
@@ -82,6 +85,10 @@ def _train(args: argparse.Namespace) -> int:
 
     if any(getattr(args, k) for k in ("train_info", "validation_info", "train_images", "validation_images")):
         args.data = _yolact_data(args)
+    if args.max_map_drop is not None:
+        from sparse_core.integrations.ultralytics.budget import run_budget_cli
+
+        return run_budget_cli(args, _print)
     summary = train(model=args.model, data=args.data, recipe=args.recipe, recipe_args=args.recipe_args,
                     epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, workers=args.workers,
                     gradient_accum_steps=args.gradient_accum_steps, project=args.project, name=args.name,
