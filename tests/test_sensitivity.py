@@ -90,7 +90,7 @@ def test_generated_recipe_trains_to_predicted_widths(analysis):
     from sparse_core.sensitivity.groups import kept_units
 
     tmp, data, summary, _ = analysis
-    plan = generate(str(tmp / "an" / "analysis.json"), tmp / "train.yaml", target_speedup=1.5, epochs=1,
+    plan = generate(str(tmp / "an" / "analysis.json"), tmp / "train.yaml", target_speedup=1.5, epochs=2,
                     pruning_end=1)
     result = train(model=summary["weights"]["last"], data=str(data), recipe=str(tmp / "train.yaml"), imgsz=IMGSZ,
                    batch=8, workers=0, project=tmp, name="gen", plots=False, teacher="self")
@@ -117,6 +117,7 @@ def test_bad_inputs_one_line_exit_2(analysis, tmp_path):
         ("recipe", "generate", "--analysis", bad, "--target-speedup", 2),
         ("recipe", "generate", "--analysis", path, "--target-speedup", 50, "--out", tmp_path / "r.yaml"),
         ("recipe", "generate", "--analysis", path, "--target-speedup", 2, "--engine", "openvino"),
+        ("recipe", "generate", "--analysis", path, "--target-speedup", 1.2, "--epochs", 1),
         ("analyze", "x.pt", "--data", "d.yaml", "--levels", "0.5,1.5"),
         ("analyze", "x.pt", "--data", "d.yaml", "--engine", "tensorrt"),
     ]
@@ -126,7 +127,7 @@ def test_bad_inputs_one_line_exit_2(analysis, tmp_path):
     assert not (tmp_path / "r.yaml").exists()
 
 
-@pytest.mark.parametrize("dense_map,status,attempts", [(0.0, "within_budget", 1), (1.0, "over_budget", 3)])
+@pytest.mark.parametrize("dense_map,status,attempts", [(0.0, "within_budget", 1), (1.0, "over_budget", 2)])
 def test_budget_backs_off_and_records_attempts(analysis, tmp_path, dense_map, status, attempts):
     """--max-map-drop: a budget no attempt can meet (dense mAP stated as 1.0) runs every gentler attempt, ends
     'over_budget' with the dense model as the answer, and MLflow holds one child run per attempt under a parent;
@@ -138,15 +139,16 @@ def test_budget_backs_off_and_records_attempts(analysis, tmp_path, dense_map, st
     from sparse_core.sensitivity.generate import generate
 
     tmp, data, summary, _ = analysis
-    generate(str(tmp / "an" / "analysis.json"), tmp_path / "r.yaml", target_speedup=2.5, epochs=1, pruning_end=1)
+    generate(str(tmp / "an" / "analysis.json"), tmp_path / "r.yaml", target_speedup=2.5, epochs=2, pruning_end=1)
     uri, stop = start_mlflow(tmp_path / "mlflow", backend="sqlite")
     try:
         result = train_with_budget(1.0, summary["weights"]["last"], str(data), str(tmp_path / "r.yaml"),
-                                   dense_map=dense_map, mlflow=uri, experiment="budget", name="b", imgsz=IMGSZ,
-                                   batch=8, workers=0, project=tmp_path, plots=False, teacher="self")
+                                   dense_map=dense_map, backoff=(1.0, 0.5), mlflow=uri, experiment="budget",
+                                   name="b", imgsz=IMGSZ, batch=8, workers=0, project=tmp_path, plots=False,
+                                   teacher="self")
         budget = result["budget"]
         assert budget["status"] == status and len(budget["attempts"]) == attempts
-        assert [a["scale"] for a in budget["attempts"]] == [1.0, 0.6, 0.3][:attempts]
+        assert [a["scale"] for a in budget["attempts"]] == [1.0, 0.5][:attempts]
         assert (result["weights"] is None) == (status == "over_budget")
         client = mlflow.MlflowClient(uri)
         parent = client.get_run(budget["mlflow_run_id"])
@@ -155,6 +157,6 @@ def test_budget_backs_off_and_records_attempts(analysis, tmp_path, dense_map, st
                                       f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
         assert len(children) == attempts
         history = client.get_metric_history(parent.info.run_id, "budget.scale")
-        assert sorted(m.value for m in history) == sorted([1.0, 0.6, 0.3][:attempts])
+        assert sorted(m.value for m in history) == sorted([1.0, 0.5][:attempts])
     finally:
         stop()

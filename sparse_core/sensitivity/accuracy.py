@@ -49,7 +49,8 @@ def build_subsets(model: torch.nn.Module, data: str, imgsz: int, val_images: int
     try:
         info = check_det_dataset(data)
     except Exception as err:
-        raise UserError(f"--data: {data}: not a usable Ultralytics data yaml ({str(err).splitlines()[0][:150]})") from None
+        why = str(err).splitlines()[0][:150]
+        raise UserError(f"--data: {data}: not a usable Ultralytics data yaml ({why})") from None
     cfg = get_cfg(overrides={"task": task, "imgsz": imgsz, "data": data, "plots": False, "verbose": False,
                              "rect": False, "batch": batch, "workers": 0, "save_json": False})
     stride = int(max(getattr(model, "stride", torch.tensor([32]))))

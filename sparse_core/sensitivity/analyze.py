@@ -29,7 +29,8 @@ def parse_levels(text: str) -> list[float]:
     try:
         levels = sorted({float(x) for x in str(text).split(",") if x.strip()})
     except ValueError:
-        raise UserError(f"--levels: '{text}' is not a comma-separated list of numbers; expected e.g. 0.25,0.5,0.75") from None
+        raise UserError(f"--levels: '{text}' is not a comma-separated list of numbers; expected e.g. "
+                        "0.25,0.5,0.75") from None
     if not levels or any(not 0 < x < 1 for x in levels):
         raise UserError(f"--levels: '{text}': expected fractions of channels to remove, each in (0, 1)")
     return levels
@@ -81,8 +82,9 @@ def analyze(model_path: str, data: str, out: str, engines: tuple[str, ...] = ("o
     g, groups = model_groups(model)
     struct = structure(g, groups)
     subsets = build_subsets(model, data, acc_imgsz, val_images, calib_images, batch)
-    log(f"analyze: {len(groups)} channel groups, levels {levels}, accuracy at {acc_imgsz}px on {len(subsets.val.dataset)}"
-        f" val / {len(subsets.calib.dataset)} calibration images, latency on {'/'.join(engines)} at {imgsz}px")
+    log(f"analyze: {len(groups)} channel groups, levels {levels}, accuracy at {acc_imgsz}px on "
+        f"{len(subsets.val.dataset)} val / {len(subsets.calib.dataset)} calibration images, latency on "
+        f"{'/'.join(engines)} at {imgsz}px")
     dense, acc = _accuracy(model, g, groups, subsets, levels, log)
     t_acc = time.perf_counter() - t0
     latency = {}

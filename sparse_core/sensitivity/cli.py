@@ -80,7 +80,7 @@ def run_generate(args: argparse.Namespace) -> int:
         print(json.dumps(plan))
     else:
         pruned = sum(1 for s in plan["sparsity"].values() if s > 0)
-        print(f"{plan['recipe']}: {pruned} of {len(plan['sparsity'])} groups pruned; predicted {plan['predicted_ms']:.2f}"
-              f" ms on {plan['engine']} (dense {plan['dense_ms']:.2f}), mAP50-95 drop "
+        print(f"{plan['recipe']}: {pruned} of {len(plan['sparsity'])} groups pruned; predicted "
+              f"{plan['predicted_ms']:.2f} ms on {plan['engine']} (dense {plan['dense_ms']:.2f}), mAP50-95 drop "
               f"{100 * plan['predicted_map_drop']:.2f} points")
     return 0

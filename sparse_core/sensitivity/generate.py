@@ -98,7 +98,8 @@ def _give_back(a, lat, struct, segments, costs, choice, target_ms):
         choice[gid] = lv
 
 
-_GMP = ["    init_sparsity: 0.0", "    start_epoch: eval(pruning_start_epoch)", "    end_epoch: eval(pruning_end_epoch)",
+_GMP = ["    init_sparsity: 0.0", "    start_epoch: eval(pruning_start_epoch)",
+        "    end_epoch: eval(pruning_end_epoch)",
         "    update_frequency: 0.5", "    inter_func: cubic", "    leave_enabled: True", "    mask_type: filter"]
 
 
@@ -167,17 +168,22 @@ def generate(analysis: str, out: str, target_speedup: float | None = None, targe
         raise UserError(f"--engine: {engine}: the analysis has latency for {', '.join(a['latency'])} only")
     if (target_speedup is None) == (target_latency_ms is None):
         raise UserError("recipe generate: give exactly one of --target-speedup and --target-latency-ms")
-    if (target_speedup is not None and target_speedup <= 1) or (target_latency_ms is not None and target_latency_ms <= 0):
+    if (target_speedup is not None and target_speedup <= 1) or (target_latency_ms is not None
+                                                                 and target_latency_ms <= 0):
         raise UserError("recipe generate: expected --target-speedup > 1 or --target-latency-ms > 0")
-    if epochs < 1 or qat_epochs < 1:
-        raise UserError("recipe generate: --epochs and --qat-epochs must be >= 1")
+    if epochs < 2 or qat_epochs < 1:
+        raise UserError("recipe generate: expected --epochs >= 2 and --qat-epochs >= 1")
     dense = a["latency"][engine]["dense_ms"]
     target_ms = dense / target_speedup if target_speedup else target_latency_ms
     target = (f"{target_speedup:g}x speedup ({target_ms:.2f} ms)" if target_speedup
               else f"{target_latency_ms:g} ms") + f" on {engine}"
     plan = solve(a, engine, target_ms)
     pruning_end = pruning_end if pruning_end is not None else max(1, round(epochs * 0.6))
-    text = recipe_text(a, plan, analysis, epochs, min(pruning_end, epochs), qat, qat_epochs, target)
+    if not 1 <= pruning_end < epochs:
+        raise UserError(f"recipe generate: pruning must end at an epoch in [1, {epochs - 1}] (before the last "
+                        f"epoch, so the final masks are applied and fine-tuned); got --pruning-end {pruning_end} "
+                        f"with --epochs {epochs}")
+    text = recipe_text(a, plan, analysis, epochs, pruning_end, qat, qat_epochs, target)
     load_recipe(text)  # what we write must load as a recipe
     with atomic_file(out) as tmp:
         Path(tmp).write_text(text)

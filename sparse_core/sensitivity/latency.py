@@ -133,7 +133,8 @@ def _node_times(path: Path, engine: str, imgsz: int, threads: int, runs: int) ->
             events = json.loads(Path(sess.end_profiling()).read_text())
         nodes = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
         for e in nodes[-len(nodes) * runs // (2 + runs):]:  # the timed runs, not the warm-up
-            total[e["name"][: -len("_kernel_time")]] = total.get(e["name"][: -len("_kernel_time")], 0.0) + e["dur"] / 1e3
+            key = e["name"][: -len("_kernel_time")]
+            total[key] = total.get(key, 0.0) + e["dur"] / 1e3
     else:
         req = _openvino(path, threads, perf=True)
         for _ in range(2):
