@@ -32,6 +32,7 @@ from sparse_core.structured.graph import ChannelGraph
 from sparse_core.structured.thin import thin_model
 
 ENGINES = ("onnxruntime", "openvino")
+ROUNDS = 3
 
 
 def check_engine(engine: str) -> None:
@@ -99,6 +100,14 @@ def measure_ms(path: Path, engine: str, imgsz: int, seconds: float = 3.0, thread
         req.infer({0: x})
         times.append(time.perf_counter() - t0)
     return float(np.median(times) * 1e3)
+
+
+def measure_rounds(paths: list[Path], engine: str, imgsz: int, seconds: float = 3.0, threads: int | None = None,
+                   rounds: int = ROUNDS) -> list[float]:
+    """Median over ``rounds`` interleaved passes of each model's median latency: load that drifts on a shared CPU
+    then hits every model alike instead of whichever was measured during a busy spell."""
+    runs = [[measure_ms(p, engine, imgsz, seconds / rounds, threads) for p in paths] for _ in range(rounds)]
+    return [float(np.median([r[i] for r in runs])) for i in range(len(paths))]
 
 
 def _module_of(node: str, convs: set[str]) -> str | None:
@@ -196,14 +205,15 @@ def fit(model: torch.nn.Module, g: ChannelGraph, groups: list[GroupInfo], struct
     segments = {i.gid: [len(s) for s in i.group.segments] for i in groups}
     dense = export_onnx(model, imgsz, workdir / "dense.onnx")
     prof = profile(dense, engine, imgsz, convs, threads)
-    points = []
+    points, paths = [], []
     for level in [0.0] + list(levels):
         sparsity = {i.gid: level for i in groups}
-        path = dense if level == 0 else export_onnx(thinned(model, g, groups, sparsity), imgsz,
-                                                    workdir / f"uniform{level:g}.onnx")
-        ms = measure_ms(path, engine, imgsz, seconds, threads)
-        points.append({"level": level, "raw_ms": predict_raw(prof, struct, segments, sparsity), "measured_ms": ms})
-        log(f"analyze: latency {engine} {imgsz}px uniform {level:g}: {ms:.1f} ms")
+        paths.append(dense if level == 0 else export_onnx(thinned(model, g, groups, sparsity), imgsz,
+                                                          workdir / f"uniform{level:g}.onnx"))
+        points.append({"level": level, "raw_ms": predict_raw(prof, struct, segments, sparsity)})
+    for p, ms in zip(points, measure_rounds(paths, engine, imgsz, seconds, threads)):
+        p["measured_ms"] = ms
+        log(f"analyze: latency {engine} {imgsz}px uniform {p['level']:g}: {ms:.1f} ms")
     a, c = calibrate([p["raw_ms"] for p in points], [p["measured_ms"] for p in points])
     for p in points:
         p["predicted_ms"] = a * p["raw_ms"] + c
