@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     p.add_argument("--targets", default="1.5,2,2.5")
     p.add_argument("--imgsz", type=int, default=640)
     p.add_argument("--seconds", type=float, default=5.0)
-    p.add_argument("--val-images", type=int, default=32)
+    p.add_argument("--val-images", type=int, default=16)
     p.add_argument("--train-epochs", type=int, default=10)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--skip-train", action="store_true")

@@ -62,8 +62,8 @@ def _accuracy(model, g, groups, subsets, levels, log) -> tuple[dict, dict]:
 
 
 def analyze(model_path: str, data: str, out: str, engines: tuple[str, ...] = ("onnxruntime",), imgsz: int = 640,
-            levels: list[float] = (0.25, 0.5, 0.75), acc_imgsz: int | None = None, val_images: int = 32,
-            calib_images: int = 16, batch: int = 8, seconds: float = 3.0, threads: int | None = None,
+            levels: list[float] = (0.25, 0.5, 0.75), acc_imgsz: int | None = None, val_images: int = 16,
+            calib_images: int = 8, batch: int = 8, seconds: float = 3.0, threads: int | None = None,
             tracking_uri: str | None = None, experiment: str = "sparsepipe", log=print) -> dict[str, Any]:
     """Write ``out/analysis.json`` and plots; returns the analysis. See the module docstring."""
     from sparse_core.checkpoint import checkpoint_model, load_checkpoint

@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def analyze(checkpoint: str, dataset: str, out: str, engine: str = "onnxruntime", imgsz: int = 640,
-            levels: str = "0.25,0.5,0.75", val_images: int = 32, calib_images: int = 16, seconds: float = 3.0,
+            levels: str = "0.25,0.5,0.75", val_images: int = 16, calib_images: int = 8, seconds: float = 3.0,
             mlflow_uri: str = "", experiment: str = "sparsepipe", parent_run_id: str = "") -> dict:
     """``sparsepipe analyze`` of the fetched checkpoint on the prepared data set; ``out`` gets analysis.json."""
     from sparse_core import steps
