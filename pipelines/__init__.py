@@ -16,6 +16,7 @@ PIPELINES = {
     "sparse_transfer": "pipelines.sparse_transfer",
     "sparsify_from_scratch": "pipelines.sparsify_from_scratch",
     "sparsity_sweep": "pipelines.sparsity_sweep",
+    "auto_sparsify": "pipelines.auto_sparsify",
 }
 
 

@@ -470,3 +470,7 @@ def select_champion(name: str, metric: str = "images_per_s", constraint: str = "
         tracker.set_tags({"sparsepipe.champion": f"{name}/{result['version']}"})
         tracker.log_metrics({f"champion_{metric}": result["value"]})
         return result
+
+
+# auto_sparsify's steps live with the sensitivity analysis; re-exported so components call sparse_core.steps only
+from sparse_core.sensitivity.steps import analyze, generate_recipe  # noqa: E402,F401

@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPONENTS = sorted(p.parent.name for p in (ROOT / "components").glob("*/component.py"))
 NO_CACHE = steps.StepContext(cache_dir="none")
 STEP_FUNCS = {"fetch_checkpoint", "prepare_dataset", "sparse_train", "qat", "export_model", "benchmark",
-              "register_model", "select_champion", "open_parent_run", "close_parent_run"}
+              "register_model", "select_champion", "open_parent_run", "close_parent_run", "analyze",
+              "generate_recipe"}
 
 
 def load_component(name: str):

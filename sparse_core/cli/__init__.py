@@ -43,6 +43,7 @@ COMMANDS = {
     "cluster": "pipelines.cluster",
     "import": "sparse_core.cli.sparseml",
     "baseline": "sparse_core.cli.baseline",
+    "analyze": "sparse_core.cli.analyze",
 }
 # OS errors on a path the user named are bad input, not a bug in sparsepipe
 _USER_OS_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)

@@ -39,6 +39,9 @@ def register(subparsers) -> None:
     resolve.add_argument("--stage", choices=["sparse", "qat"], default=None, help="only this training stage")
     resolve.add_argument("--json", action="store_true", help="one JSON object {'recipe': YAML text, ...}")
     resolve.set_defaults(func=run_resolve)
+    from sparse_core.cli.analyze import add_generate_parser
+
+    add_generate_parser(sub)
 
 
 def run_resolve(args: argparse.Namespace) -> int:

@@ -32,6 +32,9 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="fully unpickle a local .pt the safe loader refuses (only files you trust: it can run code)")
+    p.add_argument("--max-map-drop", type=float, default=None, metavar="POINTS",
+                   help="accuracy budget: back off to gentler sparsity until mAP50-95 is within POINTS of the dense "
+                        "model's (exit 3 if no attempt is)")
     yolact = p.add_argument_group("YOLACT-style COCO inputs (seed 003); prepared into an Ultralytics segment set")
     for flag in ("--train_info", "--validation_info", "--train_images", "--validation_images"):
         yolact.add_argument(flag, help=argparse.SUPPRESS if flag != "--train_info" else
@@ -91,6 +94,11 @@ def _train(args: argparse.Namespace) -> int:
 
     if any(getattr(args, k) for k in ("train_info", "validation_info", "train_images", "validation_images")):
         args.data = _yolact_data(args)
+    if args.max_map_drop is not None:
+        from sparse_core.integrations.ultralytics.budget import run_budget_cli
+
+        with trusting([args.model, args.teacher, args.resume], args.trust_checkpoint):
+            return run_budget_cli(args, _print)
     with trusting([args.model, args.teacher, args.resume], args.trust_checkpoint):
         summary = train(model=args.model, data=args.data, recipe=args.recipe, recipe_args=args.recipe_args,
                         epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, workers=args.workers,

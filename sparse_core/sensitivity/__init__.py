@@ -1,0 +1,1 @@
+"""Sensitivity analysis and latency-targeted recipes (issue 18): ``analyze``, ``generate``, ``budget``."""
