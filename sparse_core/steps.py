@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from sparse_core.errors import UserError
-from sparse_core.tracking.record import bench_metrics
+from sparse_core.tracking.record import bench_metrics, engine_accuracy
 
 ERRORS_ENV = "SPARSEPIPE_STEP_ERRORS"
 TAG_STEP = "sparsepipe.step"
@@ -237,6 +237,9 @@ def close_parent_run(mlflow_uri: str = "", experiment: str = "sparsepipe", pipel
             cause = failed_step_cause(client, run_id) or error
             if cause:
                 client.set_tag(run_id, TAG_ERROR, cause[:500])
+        from sparse_core.tracking.rollup import roll_up
+
+        roll_up(client, run_id)  # headline metrics + registered model, for the UI's compare view
         client.set_terminated(run_id, status=status)
     return {"run_id": run_id, "status": status, "error": cause}
 
@@ -822,6 +825,7 @@ def register_model(model: str, benchmark: str, name: str, alias: str = "candidat
         metrics = {k: summary[k] for k in ("map50", "map50_95", "mask_map50", "mask_map50_95", "sparsity")
                    if isinstance(summary.get(k), (int, float))}
         metrics.update(bench_metrics(bench))
+        metrics.update(engine_accuracy(deploy))
         tracker.log_metrics(metrics)
         lineage = _lineage(tracker, recipe=(deploy / "recipe.yaml").read_text() if (deploy / "recipe.yaml").is_file()
                                else None, data_hash=summary.get("data_hash"), base=summary.get("base"))

@@ -29,7 +29,7 @@ def benchmark(
     Args:
         deployment: export_model output.
         result: Output ``benchmark.json`` (img/s, latency percentiles, MB raw/gzip, CPU, versions).
-        metrics: images_per_s, latency_p50_ms, latency_p90_ms, size_mb, size_gzip_mb.
+        metrics: images_per_s, latency_p50_ms, latency_p90_ms, size_mb, size_gzip_mb, images_per_s_<engine>.
         engine: ``onnxruntime`` (or ``deepsparse`` when installed in the image).
         threads: Inference threads; 0 = the CPUs this pod may use.
         seconds: Measure for this long (0 = use ``iterations``).

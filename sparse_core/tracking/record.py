@@ -22,11 +22,22 @@ def _export_info(model: str | Path) -> dict:
 
 
 def bench_metrics(result: dict) -> dict:
-    """Benchmark result -> the standard metric keys the MLflow compare page lines up."""
+    """Benchmark result -> the standard metric keys the MLflow compare page lines up, plus
+    ``images_per_s_<engine>`` so runs measured on different engines never share one row."""
     lat = result.get("latency_ms", {})
-    return {"images_per_s": result.get("images_per_s", 0.0), "latency_p50_ms": lat.get("p50", 0.0),
-            "latency_p90_ms": lat.get("p90", 0.0), "size_mb": result.get("size_mb", 0.0),
-            "size_gzip_mb": result.get("size_gzip_mb", 0.0)}
+    out = {"images_per_s": result.get("images_per_s", 0.0), "latency_p50_ms": lat.get("p50", 0.0),
+           "latency_p90_ms": lat.get("p90", 0.0), "size_mb": result.get("size_mb", 0.0),
+           "size_gzip_mb": result.get("size_gzip_mb", 0.0)}
+    if result.get("engine"):
+        out[f"images_per_s_{result['engine']}"] = out["images_per_s"]
+    return out
+
+
+def engine_accuracy(deploy_dir: str | Path) -> dict:
+    """``map50_95_<engine>`` from a deployment folder's ``export.json`` (``accuracy.map50_95``: the exported model
+    scored on each engine, when export was given the data set); empty when it was not scored."""
+    acc = (_export_info(deploy_dir).get("accuracy") or {}).get("map50_95") or {}
+    return {f"map50_95_{engine}": v for engine, v in acc.items() if isinstance(v, (int, float))}
 
 
 def record_export(deploy_dir: str | Path, info: dict, uri: str | None, register: str | None = None,

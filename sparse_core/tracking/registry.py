@@ -22,7 +22,7 @@ from sparse_core.tracking import keys
 from sparse_core.tracking.connection import connect, http_limits, resolve_uri
 from sparse_core.tracking.lineage import file_sha256, lineage_tags, sha256_bytes
 from sparse_core.tracking.redaction import redact, redact_value
-from sparse_core.tracking.tracker import stage_for_upload
+from sparse_core.tracking.tracker import ensure_experiment, stage_for_upload
 
 CHAMPION = "champion"
 SOURCE_FILE = "registry.json"  # written into pulled folders: where the model came from
@@ -120,8 +120,7 @@ def register_model(deploy_dir, name: str, run_id: str | None = None, alias: str 
         try:
             with http_limits(retries=3, timeout=300):
                 if run_id is None:
-                    exp = client.get_experiment_by_name("sparsepipe")
-                    exp_id = exp.experiment_id if exp else client.create_experiment("sparsepipe")
+                    exp_id = ensure_experiment(client, "sparsepipe")
                     run_id = client.create_run(exp_id, run_name=f"register-{name}").info.run_id
                     client.set_terminated(run_id)
                 run = client.get_run(run_id)
