@@ -866,13 +866,18 @@ def _existing_version(client, name: str, onnx_sha: str, recipe_sha: str | None, 
 
 def select_champion(name: str, metric: str = "images_per_s", constraint: str = "map50>=0.9*dense",
                     higher_is_better: bool = True, mlflow_uri: str = "", experiment: str = "sparsepipe",
-                    parent_run_id: str = "", step: str = "select_champion") -> dict:
+                    parent_run_id: str = "", step: str = "select_champion", max_map_drop: float = -1.0) -> dict:
     """Move alias ``champion`` of ``name`` to the best version by ``metric`` among those meeting ``constraint``
+    and, when ``max_map_drop`` >= 0, losing at most that many mAP50-95 points against the dense model
     (``sparse_core.tracking.registry.promote_champion``)."""
-    params = {"name": name, "metric": metric, "constraint": constraint, "higher_is_better": higher_is_better}
-    with step_run(step, params, mlflow_uri, experiment, parent_run_id) as tracker:
-        from sparse_core.tracking import registry
+    from sparse_core.tracking import registry
 
+    if float(max_map_drop) >= 0:
+        budget = registry.map_drop_constraint(float(max_map_drop))
+        constraint = f"{constraint}, {budget}" if constraint else budget
+    params = {"name": name, "metric": metric, "constraint": constraint, "higher_is_better": higher_is_better,
+              "max_map_drop": max_map_drop}
+    with step_run(step, params, mlflow_uri, experiment, parent_run_id) as tracker:
         if not tracker.enabled:
             raise UserError("select_champion: no MLflow tracking URI; set mlflow_uri or MLFLOW_TRACKING_URI")
         result = registry.promote_champion(name, metric, higher_is_better=_bool(higher_is_better),
