@@ -354,6 +354,10 @@ def main(argv=None) -> int:
         for variant, row in rows.items():
             track(uri, base, variant, row, specs[variant], machine)
         res["models"][base] = rows
+    maps = [r.get("map50_95_onnxruntime") or 0.0 for rows in res["models"].values() for r in rows.values()]
+    if not any(maps):
+        res["notes"].append("mAP50-95 is 0 for every variant: this budget does not train a detector on the hard set "
+                            "(quick mode checks the wiring and the speeds only; accuracy needs the full run)")
     for e in args.engines:
         if all(r.get(f"images_per_s_{e}") is None for rows in res["models"].values() for r in rows.values()):
             res["notes"].append(f"{e}: not available on this machine (not measured)")
