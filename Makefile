@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export YOLO_OFFLINE := 1
 export SPARSEPIPE_HOME ?= $(CURDIR)/.sparsepipe
 
-.PHONY: install services test demo bench bench-quick bench-speed clean sparseml-venv
+.PHONY: install services test demo bench bench-quick bench-speed clean sparseml-venv deepsparse-venv
 
 install: $(STAMP)
 	@# Debian chromium: the MLflow UI compare-page test renders the page headless (~80 s to apt-get once, as root)
@@ -20,7 +20,9 @@ $(STAMP): pyproject.toml scripts/install.sh
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# The DeepSparse side venv is optional for the tests: without it they check the one-line "build it" error instead
 test: install services
+	-@$(MAKE) --no-print-directory deepsparse-venv || echo "warning: DeepSparse side venv not built"
 	$(BIN)/python -m pytest -x -q tests
 
 # PostgreSQL backs the MLflow server tests; it runs on this machine kind, but start it if it is down.
@@ -34,18 +36,22 @@ demo: install
 # The accuracy/speed frontier on the hard data set (benchmarks/frontier.py -> benchmarks/results/frontier.md/.png):
 # dense YOLOv8n/s, the OpenVINO INT8 baseline, structured 50/65/75% + KD with and without QAT, on each engine.
 # bench-quick: YOLOv8n, tiny data and epochs, 50/75% (<= 15 min on 2 cores); bench-speed: the older speed-only run.
-bench: install
+bench: install deepsparse-venv
 	$(BIN)/python benchmarks/frontier.py $(BENCH_ARGS)
 
-bench-quick: install
+bench-quick: install deepsparse-venv
 	$(BIN)/python benchmarks/frontier.py --quick $(BENCH_ARGS)
 
-bench-speed: install
+bench-speed: install deepsparse-venv
 	$(BIN)/python benchmarks/speed.py
+
+# DeepSparse 1.8 needs numpy<2: its own venv (gitignored), driven by `benchmark --engine deepsparse` in a subprocess
+deepsparse-venv:
+	PIP_FLAGS=-q sh scripts/deepsparse_venv.sh .venv-deepsparse
 
 # SparseML 1.8 in its own venv (torch 2.1, numpy<2), only to regenerate tests/fixtures/sparseml
 sparseml-venv:
 	sh scripts/sparseml_venv.sh $(SPARSEML_VENV)
 
 clean:
-	rm -rf $(VENV) .sparsepipe runs
+	rm -rf $(VENV) .venv-deepsparse .sparsepipe runs

@@ -5,8 +5,8 @@ What Ultralytics does (``ultralytics/engine/exporter.py``, OpenVINO INT8): NNCF 
 ignored scope that keeps the head's post-processing in float (Add/Sub/Mul/Div of the box decode, the DFL, Sigmoid).
 Here the same recipe runs on our FP32 ONNX export with NNCF's ONNX backend, so the result is a QDQ ``model.onnx``
 that ``sparsepipe val``/``benchmark`` take like any deployment folder and OpenVINO compiles to INT8 kernels.
-Ultralytics' name patterns are written for its own IR node names (``.*model.22/.*/Add``); on ONNX names the same
-split would match every op, so the ignored scope is built from the ONNX graph: nodes under the head's prefix.
+The ignored scope is ``sparse_core.export.openvino_int8.head_scope`` (built from the ONNX graph, see there); that
+module also writes the same quantization as OpenVINO IR for the speed benchmark.
 """
 
 from __future__ import annotations
@@ -22,20 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from sparse_core.errors import UserError
-
-HEAD_FLOAT_OPS = ("Add", "Sub", "Mul", "Div", "Sigmoid", "Softmax")
-
-
-def head_ignored_scope(proto) -> list[str]:
-    """Names of the Detect/Segment head's decode ops (and all of its DFL) in an Ultralytics ONNX export."""
-    convs = [n.name for n in proto.graph.node if n.op_type == "Conv" and n.name.startswith("/model.")]
-    if not convs:
-        raise UserError("baseline: the ONNX graph has no '/model.N/' conv names; expected an Ultralytics export")
-    head = max({c.split("/")[1] for c in convs}, key=lambda s: int(s.split(".")[1]))  # 'model.22'
-    prefix = f"/{head}/"
-    return [n.name for n in proto.graph.node if n.name.startswith(prefix)
-            and (n.op_type in HEAD_FLOAT_OPS or "/dfl/" in n.name)]
-
+from sparse_core.export.openvino_int8 import head_scope
 
 def letterbox(path: Path, imgsz: int) -> np.ndarray:
     """Ultralytics' val preprocessing: keep aspect, pad with grey 114, RGB, /255, NCHW float32."""
@@ -96,7 +83,7 @@ def openvino_int8_baseline(weights: str | os.PathLike, data: str | os.PathLike, 
         proto = onnx.load(str(Path(tmp) / "fp32" / "model.onnx"))
         input_name = proto.graph.input[0].name
         images = calibration_images(data, calib, seed)
-        ignored = head_ignored_scope(proto)
+        ignored = head_scope(proto)
         dataset = nncf.Dataset(list(_dataset(images, fp32["imgsz"], input_name)))
         quantized = nncf.quantize(proto, dataset, preset=nncf.QuantizationPreset.MIXED,
                                   subset_size=len(images), ignored_scope=nncf.IgnoredScope(names=ignored))
@@ -119,27 +106,3 @@ def openvino_int8_baseline(weights: str | os.PathLike, data: str | os.PathLike, 
             (dst / "export.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
     return info
 
-
-def register(subparsers) -> None:
-    """``sparsepipe baseline openvino-int8 DENSE.pt --data D --out DIR``."""
-    p = subparsers.add_parser("baseline", help="build the alternatives users already have, as deployment folders")
-    sub = p.add_subparsers(dest="baseline_command", metavar="KIND", required=True)
-    b = sub.add_parser("openvino-int8", help="Ultralytics' `export format=openvino int8=True`: NNCF PTQ, head float")
-    b.add_argument("weights", metavar="DENSE.pt", help="dense FP32 checkpoint (ours or Ultralytics')")
-    b.add_argument("--data", required=True, help="Ultralytics data yaml (calibration images from its train split)")
-    b.add_argument("--out", required=True, help="deployment folder to write")
-    b.add_argument("--imgsz", type=int, default=None, help="input size (default: the checkpoint's training size)")
-    b.add_argument("--calib", type=int, default=300, help="calibration images (default 300, as Ultralytics)")
-    b.add_argument("--seed", type=int, default=0, help="seed of the calibration sample")
-    b.add_argument("--json", action="store_true", help="print export.json as one JSON line last")
-    b.set_defaults(func=_run)
-
-
-def _run(args) -> int:
-    info = openvino_int8_baseline(args.weights, args.data, args.out, imgsz=args.imgsz, calib=args.calib,
-                                  seed=args.seed)
-    print(f"baseline {args.out}/model.onnx: NNCF INT8 from {args.weights}, {info['calibration_images']} calibration "
-          f"images, {info['ignored_scope']} head ops kept float, {info['size_gzip_bytes'] / 1e6:.2f} MB gzip")
-    if args.json:
-        print(json.dumps(info, default=str))
-    return 0

@@ -19,19 +19,21 @@ import torch
 
 from sparse_core.atomic import atomic_file
 from sparse_core.errors import UserError
+from sparse_core.safe_load import load_pt
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load an Ultralytics/sparsepipe ``.pt``; a missing, truncated or foreign file is a UserError."""
+    """Load an Ultralytics/sparsepipe ``.pt`` (safely, see ``sparse_core.safe_load``); a missing, truncated, foreign
+    or code-carrying file is a UserError."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # truncated zip, pickle of something else, ...
-        raise UserError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {str(err)[:120]})") from None
+    ckpt = load_pt(path)  # allow-listed classes only; full unpickling only for a --trust-checkpoint file
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("ema") or ckpt.get("model"), torch.nn.Module):
         raise UserError(f"{path}: not an Ultralytics/sparsepipe checkpoint (expected a dict with a 'model' or 'ema' module)")
+    try:  # the safe loader never runs __init__: a module the file did not fill in is caught here, not mid-run
+        (ckpt.get("ema") or ckpt.get("model")).state_dict()
+    except Exception as err:  # noqa: BLE001
+        raise UserError(f"{path}: not an Ultralytics/sparsepipe checkpoint (its model is incomplete: "
+                        f"{type(err).__name__}: {str(err)[:100]})") from None
     return ckpt
 
 

@@ -47,15 +47,20 @@ def cache_key(step: str, parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Put ``src`` at ``dst`` (replacing a file there): a hard link where the file system allows, else a copy."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists():
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def _copy_tree(src: Path, dst: Path) -> None:
     """Copy a folder, hard-linking files when possible (same file system), else copying them."""
-
-    def link_or_copy(s, d):
-        try:
-            os.link(s, d)
-        except OSError:
-            shutil.copy2(s, d)
-
     shutil.copytree(src, dst, copy_function=link_or_copy, dirs_exist_ok=True)
 
 

@@ -17,6 +17,7 @@ from sparse_core.image import component_image
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPONENTS = sorted(p.parent.name for p in (ROOT / "components").glob("*/component.py"))
+NO_CACHE = steps.StepContext(cache_dir="none")
 STEP_FUNCS = {"fetch_checkpoint", "prepare_dataset", "sparse_train", "qat", "export_model", "benchmark",
               "register_model", "select_champion", "open_parent_run", "close_parent_run"}
 
@@ -155,8 +156,8 @@ def test_failed_step_marks_child_run_and_records_cause(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     parent = steps.open_parent_run(uri, "unit", pipeline="p", pipeline_run_id="kfp-123")["run_id"]
     with pytest.raises(UserError, match="not found"):
-        steps.prepare_dataset(str(tmp_path / "missing"), str(tmp_path / "out"), mlflow_uri=uri, experiment="unit",
-                              parent_run_id=parent, cache_dir="none")
+        steps.prepare_dataset(str(tmp_path / "missing"), str(tmp_path / "out"),
+                              ctx=steps.StepContext(uri, "unit", parent_run_id=parent, cache_dir="none"))
     (record,) = [json.loads(p.read_text()) for p in (tmp_path / "errors").glob("*.json")]
     assert record["step"] == "prepare_dataset" and record["user"] and "missing: not found" in record["error"]
     closed = steps.close_parent_run(uri, "unit", pipeline_run_id="kfp-123", state="FAILED",
@@ -179,7 +180,7 @@ def test_qat_passes_through_without_quantization(tmp_path):
     (src / "recipe.full.yaml").write_text("version: 1.1.0\nmodifiers:\n  - !EpochRangeModifier\n"
                                           "    start_epoch: 0\n    end_epoch: 2\n")
     out = tmp_path / "qat"
-    result = steps.qat(str(src), str(tmp_path / "unused"), str(out), cache_dir="none")
+    result = steps.qat(str(src), str(tmp_path / "unused"), str(out), ctx=NO_CACHE)
     assert result["qat"] == "skipped" and result["sparsity"] == 0.8
     assert (out / "model.pt").read_bytes() == b"weights" and (out / "recipe.full.yaml").is_file()
 
@@ -215,11 +216,12 @@ def sparse_stage(tmp_path_factory):
     root = tmp_path_factory.mktemp("stages")
     data = synth_dataset(root / "data", n_train=8, n_val=4, imgsz=64, seed=5).parent
     fetched = root / "fetch"
-    steps.fetch_checkpoint("yolov8n.yaml", str(fetched), cache_dir="none")
+    steps.fetch_checkpoint("yolov8n.yaml", str(fetched), ctx=NO_CACHE)
     (root / "r.yaml").write_text(QUANT_RECIPE)
     out = root / "sparse"
-    result = steps.sparse_train(str(fetched), str(data), str(out), recipe=str(root / "r.yaml"),
-                                recipe_args='{"num_epochs": 3}', imgsz=64, batch=4, workers=0, cache_dir="none")
+    result = steps.sparse_train(str(fetched), str(data), str(out),
+                                steps.RecipeSettings(recipe=str(root / "r.yaml"), recipe_args='{"num_epochs": 3}'),
+                                steps.TrainSettings(imgsz=64, batch=4, workers=0), NO_CACHE)
     return {"root": root, "data": data, "out": out, "result": result}
 
 
@@ -240,7 +242,7 @@ def test_qat_stage_rebased_to_continue_from_sparse_checkpoint(sparse_stage):
     from sparse_core.recipe import load_recipe
 
     full = load_recipe(str(sparse_stage["out"] / "recipe.full.yaml"))
-    qat_part = steps.rebase_epochs(full.split("qat"), full.qat_start_epoch())
+    qat_part = full.split("qat").rebased(full.qat_start_epoch())
     assert qat_part.num_epochs() == 1  # the epochs after the QAT start
     (quant,) = qat_part.of_type("QuantizationModifier")
     (hold,) = qat_part.of_type("ConstantPruningModifier")
@@ -250,7 +252,7 @@ def test_qat_stage_rebased_to_continue_from_sparse_checkpoint(sparse_stage):
 def test_qat_stage_trains_with_masks_held(sparse_stage):
     """Needs QAT to start at epoch 0 of a run (the rebased stage); see the report if this fails in the EMA."""
     q = steps.qat(str(sparse_stage["out"]), str(sparse_stage["data"]), str(sparse_stage["root"] / "qat"),
-                  imgsz=64, batch=4, workers=0, cache_dir="none")
+                  steps.TrainSettings(imgsz=64, batch=4, workers=0), NO_CACHE)
     assert q["qat"] == "trained" and abs(q["sparsity"] - 0.4) < 0.02  # the zeros survived QAT
     assert yaml.safe_load((sparse_stage["root"] / "qat" / "summary.json").read_text())["weights"] == "model.pt"
     from sparse_core.checkpoint import load_checkpoint, sparsepipe_meta
@@ -259,10 +261,10 @@ def test_qat_stage_trains_with_masks_held(sparse_stage):
 
 
 def test_fetch_nothing_for_an_empty_optional_model(tmp_path):
-    result = steps.fetch_checkpoint("", str(tmp_path / "teacher"), cache_dir="none")
+    result = steps.fetch_checkpoint("", str(tmp_path / "teacher"), ctx=NO_CACHE)
     assert result["kind"] == "none" and steps._nothing_fetched(str(tmp_path / "teacher"))
     with pytest.raises(UserError, match="not found; expected a zoo: stub"):
-        steps.fetch_checkpoint(str(tmp_path / "nope.pt"), str(tmp_path / "x"), cache_dir="none")
+        steps.fetch_checkpoint(str(tmp_path / "nope.pt"), str(tmp_path / "x"), ctx=NO_CACHE)
 
 
 def test_one_line_causes():

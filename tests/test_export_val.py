@@ -77,3 +77,27 @@ def test_val_onnx_bad_input(setup, tmp_path):
     other.write_text(yaml.safe_dump({**yaml.safe_load(data.read_text()), "names": dict(enumerate("abcde"))}))
     with pytest.raises(UserError, match="5 classes"):
         val_onnx(root / "deploy", other)
+
+
+def test_openvino_val_matches_onnxruntime(setup, capsys):
+    """The same deployment run by OpenVINO (IR through Ultralytics' OpenVINO backend): f32 gives onnxruntime's mAP;
+    its default precision (bf16 on AVX512_BF16/AMX CPUs) is reported and stays close."""
+    root, data, _ = setup
+    ox = val_onnx(root / "deploy", data)
+    ov32 = val_onnx(root / "deploy", data, engine="openvino", precision="f32")
+    assert ov32["engine"] == "openvino" and ov32["inference_precision"] == "f32" and ov32["map50"] > 0
+    for key in ("map50", "map50_95"):
+        assert ov32[key] == pytest.approx(ox[key], abs=0.01), key
+    assert main(["val", "--weights", str(root / "deploy"), "--data", str(data), "--engine", "openvino", "--json"]) == 0
+    default = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert default["engine"] == "openvino" and default["inference_precision"] in ("f32", "bf16", "f16")
+    assert default["map50_95"] == pytest.approx(ox["map50_95"], abs=0.05)
+
+
+def test_val_engine_bad_input(setup, capsys):
+    root, data, ckpt = setup
+    with pytest.raises(UserError, match="--precision"):
+        val_onnx(root / "deploy", data, precision="f32")  # onnxruntime has no precision switch
+    assert main(["val", "--weights", str(ckpt), "--data", str(data), "--engine", "openvino"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "checkpoint" in err

@@ -244,6 +244,31 @@ def test_sparsity_sweep_moves_champion(env):
     from sparse_core import steps
 
     for points in (0.0, 100.0):
-        res = steps.select_champion(name, constraint="", max_map_drop=points, mlflow_uri=env["uri"],
-                                    experiment="pipelines")
+        res = steps.select_champion(name, constraint="", max_map_drop=points,
+                                    ctx=steps.StepContext(env["uri"], "pipelines"))
         assert res["version"] == fastest_within(points), points
+
+
+def test_tracking_uri_from_environment_leaves_one_run_per_step(env, tmp_path, monkeypatch):
+    """In a pod MLFLOW_TRACKING_URI comes from the ConfigMap and the mlflow_uri parameter stays empty: the pipeline
+    still leaves exactly one parent run and one child run per step in the whole tracking server, no other run
+    (training used to open a second, unparented run in experiment 'sparsepipe')."""
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["uri"])
+    client = MlflowClient(env["uri"])
+    t0 = int(time.time() * 1000)
+    params = base_params(env, experiment="pod-env", register_name="pod-env", cache_dir=str(tmp_path / "cache"))
+    del params["mlflow_uri"]  # the pods' way: the parameter is empty, the URI is in the environment
+    result = run_local("sparse_transfer", params, pipeline_root=tmp_path / "kfp")
+    assert result["status"] == "SUCCEEDED"
+    new = [r for exp in client.search_experiments() for r in client.search_runs([exp.experiment_id], max_results=500)
+           if r.info.start_time >= t0]
+    parents = [r for r in new if r.data.tags.get("sparsepipe.run_kind") == "pipeline"]
+    assert [r.info.run_id for r in parents] == [result["parent_run_id"]]
+    kids = children(client, result["parent_run_id"])
+    assert set(kids) == STEPS and all(len(v) == 1 for v in kids.values())  # training ran (no cache): 7 steps
+    assert kids["sparse_train"][0].data.tags["sparsepipe.cache"] == "miss"
+    assert len(new) == 1 + len(STEPS), sorted((r.info.run_name, r.data.tags.get("mlflow.parentRunId")) for r in new)

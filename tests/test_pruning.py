@@ -13,7 +13,7 @@ import torch
 
 from sparse_core.errors import NotSupportedYet, UserError
 from sparse_core.modifiers import RecipeManager, interpolate, prunable_names
-from sparse_core.modifiers import manager as manager_mod
+from sparse_core.modifiers import registry
 from sparse_core.recipe import load_recipe
 
 RECIPES = os.path.join(os.path.dirname(__file__), "recipes")
@@ -248,8 +248,8 @@ def test_errors_selector_quantization_structured(monkeypatch):
 
     recipe = load_recipe(os.path.join(RECIPES, "seed000_yolov8m_pruned80_quant_transfer.yaml"))
     model = SmallNet()
-    # without a registered handler (sparse_core.quantization registers one on import) the modifier is refused
-    monkeypatch.delitem(manager_mod._HANDLERS, "QuantizationModifier", raising=False)
+    # without a registered executor (sparse_core.quantization registers one) the modifier is refused
+    monkeypatch.delitem(registry.executors(), "QuantizationModifier", raising=False)
     with pytest.raises(NotSupportedYet, match=r"seed000_yolov8m_pruned80_quant_transfer.yaml:31: QuantizationModifier"):
         RecipeManager(recipe, model, torch.optim.SGD(model.parameters(), lr=0.1)).initialize(0.0)
 
@@ -266,10 +266,24 @@ def test_registered_handler_runs_instead_of_not_supported(monkeypatch):
         def __init__(self, mod, manager, where):
             self.mod = mod
 
+        def initialize(self, epoch):
+            pass  # the manager's first update follows at the same epoch
+
         def update(self, epoch):
             calls.append((self.mod.type_name, epoch))
+            return False
 
-    monkeypatch.setitem(manager_mod._HANDLERS, "QuantizationModifier", Recorder)
+        def finalize(self):
+            pass
+
+        def state_dict(self):
+            return {}
+
+        def load_state_dict(self, state):
+            pass
+
+    assert isinstance(Recorder(None, None, ""), registry.ModifierExecutor)  # the typed protocol
+    monkeypatch.setitem(registry.executors(), "QuantizationModifier", [(None, Recorder)])
     text = "quantization_modifiers:\n  - !QuantizationModifier\n    start_epoch: 2\n"
     model, opt, mgr = make(text)
     mgr.initialize(0.0)

@@ -27,6 +27,9 @@ pruning_modifiers:
 """
 
 
+QUANT = "  - !QuantizationModifier\n    start_epoch: 8\n"  # appended: one more entry of pruning_modifiers
+
+
 def gmp_with(old: str, new: str) -> str:
     assert old in GOOD_GMP
     return GOOD_GMP.replace(old, new)
@@ -98,6 +101,12 @@ CASES = [
      ["--model", "yolov8n.yaml", "--strict"],
      r"r\.yaml:8: GMPruningModifier: params: 'model\.99\.conv\.weight' matches nothing in the model"),
     ("model-yaml-not-found", "r.yaml", GOOD_GMP, ["--model", "nosuchmodel.yaml"], r"--model: nosuchmodel\.yaml"),
+    # rules across modifiers: reported by `recipe check`, not first when training starts
+    ("two-quantization-modifiers", "r.yaml", GOOD_GMP + QUANT + QUANT, [],
+     r"r\.yaml:17: QuantizationModifier: the recipe has 2 QuantizationModifiers; expected one"),
+    ("filter-mask-with-quantization", "r.yaml", gmp_with("    update_frequency: 0.5", "    update_frequency: 0.5\n"
+                                                         "    mask_type: filter") + QUANT, [],
+     r"r\.yaml:8: GMPruningModifier: mask_type: filter and a QuantizationModifier in one recipe is not supported"),
 ]
 
 

@@ -241,21 +241,29 @@ def test_train_thin_save_validate_export_retrain(tmp_path):
     from sparse_core.integrations.ultralytics.run import val
     from sparse_core.onnx_val import val_onnx
 
-    data = synth_dataset(tmp_path / "data", n_train=16, n_val=8, imgsz=IMGSZ, seed=3)
+    # The thinned model must detect something: comparing the ONNX and PyTorch mAP of a model that finds nothing
+    # would compare two zeros. So, as users do: a dense model first (the demo's fast settings; measured mAP50 > 0.1
+    # in a 30-epoch run on 64 images at 64 px, 0.8 at its end), then structured pruning of it, then a short fine-tune.
+    fast = {"mosaic": 0.0, "optimizer": "AdamW", "lr0": 0.003, "warmup_epochs": 1}
+    data = synth_dataset(tmp_path / "data", n_train=64, n_val=16, imgsz=IMGSZ, seed=3)
+    dense = train(model="yolov8n.yaml", data=str(data), epochs=30, imgsz=IMGSZ, batch=16, workers=0,
+                  project=tmp_path, name="dense", plots=False, extra_args=fast)
     recipe = tmp_path / "filter.yaml"
-    recipe.write_text("modifiers:\n  - !EpochRangeModifier\n    start_epoch: 0\n    end_epoch: 2\n"
-                      + RECIPE.format(type="GMPruningModifier", params="__ALL_PRUNABLE__", final=0.5)
+    # 40% of channels: measured mAP50 0.81 -> 0.75 after 6 epochs (50% collapsed to 0 and did not recover in 10)
+    recipe.write_text("modifiers:\n  - !EpochRangeModifier\n    start_epoch: 0\n    end_epoch: 6\n"
+                      + RECIPE.format(type="GMPruningModifier", params="__ALL_PRUNABLE__", final=0.4)
                       .replace("end_epoch: 2.0", "end_epoch: 1.0"))
-    summary = train(model="yolov8n.yaml", data=str(data), recipe=str(recipe), imgsz=IMGSZ, batch=8, workers=0,
-                    project=tmp_path, name="filter", plots=False)
+    assert dense["map50"] > 0.3, dense
+    summary = train(model=dense["weights"]["best"], data=str(data), recipe=str(recipe), imgsz=IMGSZ, batch=16,
+                    workers=0, project=tmp_path, name="filter", plots=False, extra_args=fast)
     report = json.loads((tmp_path / "filter" / "structured.json").read_text())
-    assert report["best"]["macs_ratio"] < 0.35 and report["best"]["parity_max_abs_diff"] <= 1e-3
+    assert report["best"]["macs_ratio"] < 0.5 and report["best"]["parity_max_abs_diff"] <= 1e-3
     dense_params = conv_params(build("yolov8n.yaml"))
     for kind in ("best", "last"):
         ckpt = load_checkpoint(summary["weights"][kind])
         model = checkpoint_model(ckpt)
         assert getattr(model, THINNED_ATTR)
-        assert conv_params(model) == report[kind]["conv_params_after"] < dense_params / 3
+        assert conv_params(model) == report[kind]["conv_params_after"] < dense_params / 2.5
         assert sparsepipe_meta(ckpt)["structured"]["channels_removed"] == report[kind]["channels_removed"]
 
     pt_metrics = val(summary["weights"]["best"], data=str(data), imgsz=IMGSZ)

@@ -70,10 +70,10 @@ def _pipeline(uri: str, tmp: Path, label: str, seed: int) -> str:
                                    params={"model": "yolov8n.yaml"})["run_id"]
     dense, sparse = PIPELINES[label]
     deploy, bench = _model(tmp / label / "dense", seed, dense)
-    steps.register_model(str(deploy), str(bench), NAME, alias="", tags='{"baseline": "dense"}', parent_run_id=parent,
-                         **track)
+    ctx = steps.StepContext(uri, EXP, parent)
+    steps.register_model(str(deploy), str(bench), NAME, alias="", tags='{"baseline": "dense"}', ctx=ctx)
     deploy, bench = _model(tmp / label / "sparse", seed + 1, sparse, ort_map=sparse["map50_95"] - 0.005)
-    steps.register_model(str(deploy), str(bench), NAME, alias="candidate", parent_run_id=parent, **track)
+    steps.register_model(str(deploy), str(bench), NAME, alias="candidate", ctx=ctx)
     assert steps.close_parent_run(**track, parent_run_id=parent, state="SUCCEEDED")["status"] == "FINISHED"
     return parent
 

@@ -12,6 +12,7 @@ def benchmark(
     result: Output[Artifact],
     metrics: Output[Metrics],
     engine: str = "onnxruntime",
+    precision: str = "",
     threads: int = 0,
     seconds: float = 0.0,
     iterations: int = 50,
@@ -23,14 +24,19 @@ def benchmark(
 ) -> float:
     """Benchmark the deployment folder; the JSON result and the standard metrics come out.
 
-    Measures throughput, latency percentiles and size (raw and gzip) of the deployment folder on onnxruntime. The
-    cache key includes the CPU, so a speed measured on another machine is never reused.
+    Measures throughput, latency percentiles and size (raw and gzip) of the deployment folder on onnxruntime,
+    OpenVINO or DeepSparse, with the precision the engine really computed in, a per-op-type profile, the share of
+    conv MACs run in integer kernels and a verdict line. The cache key includes the CPU and the precision, so a
+    speed measured on another machine is never reused.
 
     Args:
         deployment: export_model output.
         result: Output ``benchmark.json`` (img/s, latency percentiles, MB raw/gzip, CPU, versions).
-        metrics: images_per_s, latency_p50_ms, latency_p90_ms, size_mb, size_gzip_mb, images_per_s_<engine>.
-        engine: ``onnxruntime`` (or ``deepsparse`` when installed in the image).
+        metrics: images_per_s, latency_p50_ms, latency_p90_ms, size_mb, size_gzip_mb, integer_conv_mac_share,
+            images_per_s_<engine>.
+        engine: ``onnxruntime``, ``openvino``, or ``deepsparse`` (when its side venv is in the image).
+        precision: OpenVINO inference precision ``f32``/``bf16``/``f16``; empty keeps OpenVINO's default (bf16 on
+            AVX512_BF16/AMX CPUs). The resolved precision is in the result and logged as an MLflow param.
         threads: Inference threads; 0 = the CPUs this pod may use.
         seconds: Measure for this long (0 = use ``iterations``).
         iterations: Timed iterations when ``seconds`` is 0.
@@ -46,8 +52,8 @@ def benchmark(
     from sparse_core import steps
 
     res = steps.benchmark(model=deployment.path, out=result.path, engine=engine, threads=threads, seconds=seconds,
-                          iterations=iterations, warmup=warmup, mlflow_uri=mlflow_uri, experiment=experiment,
-                          parent_run_id=parent_run_id, cache_dir=cache_dir)
+                          iterations=iterations, warmup=warmup, precision=precision,
+                          ctx=steps.StepContext(mlflow_uri, experiment, parent_run_id, cache_dir))
     for key, value in steps.bench_metrics(res).items():
         metrics.log_metric(key, float(value))
     return float(res["images_per_s"])

@@ -41,7 +41,6 @@ def export_model(
     from sparse_core import steps
 
     info = steps.export_model(model=model.path, out=deployment.path, imgsz=imgsz, batch=batch, opset=opset,
-                              mlflow_uri=mlflow_uri, experiment=experiment, parent_run_id=parent_run_id,
-                              cache_dir=cache_dir)
+                              ctx=steps.StepContext(mlflow_uri, experiment, parent_run_id, cache_dir))
     deployment.metadata.update({"sha256": info["sha256"], "quantized": info["quantized"], "imgsz": info["imgsz"]})
     return info["sha256"]

@@ -36,7 +36,7 @@ def fetch_checkpoint(
     """
     from sparse_core import steps
 
-    result = steps.fetch_checkpoint(model=model, out=checkpoint.path, zoo=zoo, mlflow_uri=mlflow_uri,
-                                    experiment=experiment, parent_run_id=parent_run_id, cache_dir=cache_dir)
+    result = steps.fetch_checkpoint(model=model, out=checkpoint.path, zoo=zoo,
+                                    ctx=steps.StepContext(mlflow_uri, experiment, parent_run_id, cache_dir))
     checkpoint.metadata.update({k: result[k] for k in ("source", "sha256", "kind")})
     return result["sha256"]

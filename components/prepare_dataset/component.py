@@ -43,8 +43,8 @@ def prepare_dataset(
     from sparse_core import steps
 
     stats = steps.prepare_dataset(data=data, out=dataset.path, data_format=data_format, task=task,
-                                  val_fraction=val_fraction, classes=classes, mlflow_uri=mlflow_uri,
-                                  experiment=experiment, parent_run_id=parent_run_id, cache_dir=cache_dir)
+                                  val_fraction=val_fraction, classes=classes,
+                                  ctx=steps.StepContext(mlflow_uri, experiment, parent_run_id, cache_dir))
     dataset.metadata.update({"content_hash": stats["content_hash"], "images": stats["images"],
                              "instances": stats["instances"]})
     return stats["content_hash"]

@@ -56,10 +56,10 @@ def qat(
     """
     from sparse_core import steps
 
-    result = steps.qat(model=model.path, dataset=dataset.path, out=qat_model.path, epochs=epochs, imgsz=imgsz,
-                       batch=batch, workers=workers, seed=seed, device=device,
-                       teacher=teacher.path if teacher is not None else "", mlflow_uri=mlflow_uri,
-                       experiment=experiment, parent_run_id=parent_run_id, cache_dir=cache_dir)
+    result = steps.qat(model=model.path, dataset=dataset.path, out=qat_model.path, train=steps.TrainSettings(
+        epochs=epochs, imgsz=imgsz, batch=batch, workers=workers, seed=seed, device=device,
+        teacher=teacher.path if teacher is not None else ""),
+        ctx=steps.StepContext(mlflow_uri, experiment, parent_run_id, cache_dir))
     for key in ("map50", "map50_95", "sparsity"):
         metrics.log_metric(key, float(result.get(key, 0.0)))
     qat_model.metadata.update({"qat": result["qat"], "sparsity": result.get("sparsity", 0.0)})

@@ -40,6 +40,6 @@ def register_model(
     from sparse_core import steps
 
     result = steps.register_model(model=deployment.path, benchmark=benchmark.path, name=name, alias=alias,
-                                  tags=tags, mlflow_uri=mlflow_uri, experiment=experiment,
-                                  parent_run_id=parent_run_id)
+                                  tags=tags,
+                                  ctx=steps.StepContext(mlflow_uri, experiment, parent_run_id))
     return result["version"]

@@ -45,6 +45,7 @@ def select_champion(
 
     print(f"select_champion: candidates from this sweep: {candidates}")
     result = steps.select_champion(name=name, metric=metric, constraint=constraint,
-                                   higher_is_better=higher_is_better, mlflow_uri=mlflow_uri, experiment=experiment,
-                                   parent_run_id=parent_run_id, max_map_drop=max_map_drop)
+                                   higher_is_better=higher_is_better,
+                                   ctx=steps.StepContext(mlflow_uri, experiment, parent_run_id),
+                                   max_map_drop=max_map_drop)
     return result["version"]

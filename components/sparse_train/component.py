@@ -64,11 +64,11 @@ def sparse_train(
     from sparse_core import steps
 
     result = steps.sparse_train(
-        checkpoint=checkpoint.path, dataset=dataset.path, out=model.path, recipe=recipe, recipe_args=recipe_args,
-        epochs=epochs, imgsz=imgsz, batch=batch, workers=workers, seed=seed, zoo=zoo, device=device,
-        teacher=teacher.path if teacher is not None else "", sparsity_target=sparsity_target,
-        sparsity_arg=sparsity_arg, mlflow_uri=mlflow_uri, experiment=experiment, parent_run_id=parent_run_id,
-        cache_dir=cache_dir)
+        checkpoint=checkpoint.path, dataset=dataset.path, out=model.path,
+        recipe=steps.RecipeSettings(recipe, recipe_args, zoo, sparsity_target, sparsity_arg),
+        train=steps.TrainSettings(epochs=epochs, imgsz=imgsz, batch=batch, workers=workers, seed=seed, device=device,
+                                  teacher=teacher.path if teacher is not None else ""),
+        ctx=steps.StepContext(mlflow_uri, experiment, parent_run_id, cache_dir))
     for key in ("map50", "map50_95", "sparsity"):
         metrics.log_metric(key, float(result.get(key, 0.0)))
     model.metadata.update({"sparsity": result["sparsity"], "recipe_sha256": result.get("recipe_sha256") or ""})

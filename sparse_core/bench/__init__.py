@@ -1,4 +1,5 @@
-"""Inference benchmark of exported models on stock CPU runtimes (onnxruntime; DeepSparse when importable)."""
+"""Inference benchmark of exported models on CPU engines (onnxruntime, OpenVINO; DeepSparse via its side venv),
+with the reasons a model is or is not fast (profile, integer-kernel share, verdict)."""
 
 from sparse_core.bench.runner import benchmark
 

@@ -7,7 +7,9 @@ import platform
 from pathlib import Path
 
 # flag in /proc/cpuinfo -> name in reports; VNNI/AMX are what INT8 kernels need to beat FP32 by much
-FLAGS = {"avx2": "avx2", "avx512f": "avx512f", "avx512_vnni": "avx512_vnni", "avx_vnni": "avx_vnni", "amx_int8": "amx"}
+# BF16 (avx512_bf16, AMX) is what makes OpenVINO's default precision bf16
+FLAGS = {"avx2": "avx2", "avx512f": "avx512f", "avx512_vnni": "avx512_vnni", "avx_vnni": "avx_vnni",
+         "avx512_bf16": "avx512_bf16", "amx_int8": "amx"}
 
 
 def cpu_info(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> dict:
@@ -35,5 +37,7 @@ def cpu_info(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> dict:
         isa = "AVX2"
     else:
         isa = "baseline"
+    if found["avx512_bf16"] and not found["amx"]:
+        isa += " + BF16"
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"model": model, "logical_cpus": os.cpu_count(), "available_cpus": available, "isa": isa, "flags": found}

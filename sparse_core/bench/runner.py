@@ -17,17 +17,17 @@ from typing import Any, Callable
 
 import numpy as np
 
+from sparse_core.bench import engines, why
 from sparse_core.bench.cpu import cpu_info
 from sparse_core.errors import UserError
 from sparse_core.export import graph
 from sparse_core.export.graph import deployment_model
+from sparse_core.export.qdq import DEEPSPARSE_FILE
 
-ENGINES = ("onnxruntime", "deepsparse")
+ENGINES = ("onnxruntime", "openvino", "deepsparse")
 DEFAULT_SECONDS = 10.0
 DEFAULT_IMGSZ = 640
 BLOCK_S, MAX_BLOCK_RUNS = 0.2, 100  # --compare alternates blocks of ~0.2 s per model
-DEEPSPARSE_HINT = ("DeepSparse needs its own environment: python -m venv ds && ds/bin/pip install deepsparse==1.8.0 "
-                   "'numpy<2' onnx==1.14.1, then run sparsepipe benchmark from it; or use --engine onnxruntime")
 
 
 @dataclass
@@ -41,6 +41,8 @@ class _Model:
     block: int = 1
     run: Callable[[], Any] = lambda: None
     engine_version: str = ""
+    precision: str = ""
+    loaded: Any = None
     latencies: list[float] = field(default_factory=list)
 
 
@@ -77,44 +79,25 @@ def _facts(path: Path, proto) -> dict[str, Any]:
     }
 
 
-def _onnxruntime(m: _Model, x: np.ndarray, threads: int, spinning: bool = True) -> None:
-    import onnxruntime as ort
+def _load(m: _Model, x: np.ndarray, engine: str, threads: int, precision: str | None, shared: bool) -> None:
+    """Compile ``m`` on ``engine`` (see ``engines``); ``shared``: other sessions share the cores (no spinning)."""
+    if engine == "onnxruntime":
+        loaded = engines.onnxruntime(m.path, x, threads, spinning=not shared)
+    elif engine == "openvino":
+        loaded = engines.openvino(m.path, x, threads, precision)
+    else:
+        from sparse_core.bench import deepsparse_venv as deepsparse
 
-    opts = ort.SessionOptions()
-    if not spinning:  # an idle session's pool would otherwise spin on the cores the other session is using
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    try:
-        sess = ort.InferenceSession(str(m.path), opts, providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
-        sess.run(None, {name: x})  # a model that loads but cannot run this input fails here, not mid-benchmark
-    except Exception as err:
-        raise UserError(f"{m.path}: onnxruntime cannot run this model ({type(err).__name__}: {str(err).splitlines()[0][:160]})") from None
-    m.run = lambda: sess.run(None, {name: x})
-    m.engine_version = ort.__version__
+        loaded = deepsparse.load(m.path, x, threads)
+    m.run, m.engine_version, m.precision, m.loaded = loaded.run, loaded.version, loaded.precision, loaded
 
 
-def _deepsparse(m: _Model, x: np.ndarray, threads: int) -> None:
-    try:
-        import deepsparse
-    except Exception as err:  # ImportError, or its numpy/onnx pins clashing with ours
-        raise UserError(f"--engine deepsparse: DeepSparse is not importable ({type(err).__name__}: {err}). {DEEPSPARSE_HINT}") from None
-    try:
-        engine = deepsparse.compile_model(str(m.path), batch_size=x.shape[0], num_cores=threads)
-        engine([x])
-    except Exception as err:
-        raise UserError(f"{m.path}: DeepSparse cannot run this model ({type(err).__name__}: {str(err).splitlines()[0][:160]})") from None
-    m.run = lambda: engine([x])
-    m.engine_version = getattr(deepsparse, "__version__", "unknown")
-
-
-def _check_args(engine, batch, imgsz, threads, warmup, iterations, seconds) -> None:
+def _check_args(engine, batch, imgsz, threads, warmup, iterations, seconds, precision=None) -> None:
     if engine not in ENGINES:
         raise UserError(f"--engine: {engine!r} is not supported; expected one of {', '.join(ENGINES)}")
+    if precision is not None and (engine != "openvino" or precision not in engines.PRECISIONS):
+        raise UserError(f"--precision: {precision!r} is invalid for --engine {engine}; expected one of "
+                        f"{', '.join(engines.PRECISIONS)} with --engine openvino (onnxruntime computes in f32)")
     for name, value in (("--batch", batch), ("--imgsz", imgsz), ("--threads", threads)):
         if value is not None and (not isinstance(value, int) or value < 1):
             raise UserError(f"{name}: {value} is invalid; expected an integer >= 1")
@@ -148,43 +131,8 @@ def _summary(m: _Model) -> dict[str, Any]:
     }
 
 
-def benchmark(
-    model: str | os.PathLike,
-    engine: str = "onnxruntime",
-    batch: int | None = None,
-    imgsz: int | None = None,
-    threads: int | None = None,
-    warmup: int = 10,
-    iterations: int | None = None,
-    seconds: float | None = None,
-    compare: str | os.PathLike | None = None,
-) -> dict[str, Any]:
-    """Benchmark ``model`` (.onnx or deployment folder); with ``compare``, both interleaved, plus their ratios.
-
-    ``batch``/``imgsz`` default to the model's static input shape (1 / 640 for symbolic dims); ``threads`` to the
-    CPUs this process may use; neither ``iterations`` nor ``seconds`` means ``DEFAULT_SECONDS`` of measurement.
-    """
-    _check_args(engine, batch, imgsz, threads, warmup, iterations, seconds)
-    threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    if iterations is None and seconds is None:
-        seconds = DEFAULT_SECONDS
-    models = []
-    for p in [model] + ([compare] if compare is not None else []):
-        path = deployment_model(p)
-        proto = graph.load_onnx(path)
-        shape, dtype = _input_shape(path, proto, batch, imgsz)
-        models.append(_Model(path, shape, _facts(path, proto), dtype))
-    if len(models) == 2 and models[0].input_shape != models[1].input_shape:
-        raise UserError(f"--compare: {models[1].path} input shape {models[1].input_shape} differs from "
-                        f"{models[0].path} {models[0].input_shape}; expected both exported at the same --imgsz/--batch")
-    rng = np.random.default_rng(0)
-    x = rng.random(models[0].input_shape, dtype=np.float32)  # like a normalised image; content does not change speed
-    for m in models:
-        if engine == "onnxruntime":
-            _onnxruntime(m, x.astype(m.dtype), threads, spinning=len(models) == 1)
-        else:
-            _deepsparse(m, x.astype(m.dtype), threads)
-
+def _time(models: list[_Model], warmup: int, iterations: int | None, seconds: float | None) -> float:
+    """Untimed warm-up, then timed ABBA blocks; returns the wall time of the timed part."""
     for _ in range(warmup):
         for m in models:
             m.run()
@@ -208,24 +156,89 @@ def benchmark(
             break
         if seconds is not None and time.perf_counter() - start >= seconds:
             break
+    return time.perf_counter() - start
 
+
+def interleaved(runs: dict[str, Callable[[], Any]], warmup: int, seconds: float) -> dict[str, list[float]]:
+    """Latencies (s) of several already loaded models timed in one process by the rules of ``benchmark``:
+    untimed warm-up per model, ABBA blocks of ~``BLOCK_S`` each starting with an untimed run."""
+    models = [_Model(Path(name), [], {}, run=run) for name, run in runs.items()]
+    _time(models, warmup, None, seconds)
+    return {name: m.latencies for name, m in zip(runs, models)}
+
+
+def _explain(m: _Model, engine: str, profile_runs: int) -> dict[str, Any]:
+    """Per-op-type time and the share of conv MACs the engine ran in integer kernels (see ``why``)."""
+    if engine == "deepsparse" or profile_runs <= 0:
+        return dict(m.loaded.extra) if m.loaded is not None else {}
+    prof = m.loaded.profile(profile_runs)
+    macs = why.conv_macs(graph.load_onnx(m.path))
+    if engine == "openvino":
+        share = why.ov_integer_share(prof.pop("conv_kernels", {}), macs)
+    else:
+        share = why.ort_integer_share(m.path, macs)
+    return {"profile": prof, "integer_conv_mac_share": share["integer_conv_mac_share"], "integer_kernels": share}
+
+
+def benchmark(
+    model: str | os.PathLike,
+    engine: str = "onnxruntime",
+    batch: int | None = None,
+    imgsz: int | None = None,
+    threads: int | None = None,
+    warmup: int = 10,
+    iterations: int | None = None,
+    seconds: float | None = None,
+    compare: str | os.PathLike | None = None,
+    precision: str | None = None,
+    profile_runs: int = 10,
+) -> dict[str, Any]:
+    """Benchmark ``model`` (.onnx or deployment folder); with ``compare`` (the dense baseline), both interleaved,
+    plus their ratios, each with its profile and a verdict line saying why it is (not) fast.
+
+    ``batch``/``imgsz`` default to the model's static input shape (1 / 640 for symbolic dims); ``threads`` to the
+    CPUs this process may use; neither ``iterations`` nor ``seconds`` means ``DEFAULT_SECONDS`` of measurement.
+    ``precision`` (OpenVINO only): f32/bf16/f16; None keeps the engine's default, reported as it resolved.
+    ``profile_runs``: runs under the engine's profiler after timing (0: no profile).
+    """
+    _check_args(engine, batch, imgsz, threads, warmup, iterations, seconds, precision)
+    threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if iterations is None and seconds is None:
+        seconds = DEFAULT_SECONDS
+    models = []
+    for p in [model] + ([compare] if compare is not None else []):
+        path = deployment_model(p)
+        if engine == "deepsparse" and (path.parent / DEEPSPARSE_FILE).is_file():
+            path = path.parent / DEEPSPARSE_FILE  # the QDQ export's QLinearConv form, what DeepSparse compiles
+        proto = graph.load_onnx(path)
+        shape, dtype = _input_shape(path, proto, batch, imgsz)
+        models.append(_Model(path, shape, _facts(path, proto), dtype))
+    if len(models) == 2 and models[0].input_shape != models[1].input_shape:
+        raise UserError(f"--compare: {models[1].path} input shape {models[1].input_shape} differs from "
+                        f"{models[0].path} {models[0].input_shape}; expected both exported at the same --imgsz/--batch")
+    x = np.random.default_rng(0).random(models[0].input_shape, dtype=np.float32)  # content does not change speed
+    for m in models:
+        _load(m, x.astype(m.dtype), engine, threads, precision, shared=len(models) > 1)
+    wall = _time(models, warmup, iterations, seconds)
+    summaries = [{**_summary(m), "engine": engine, "engine_version": m.engine_version, "precision": m.precision,
+                  **_explain(m, engine, profile_runs)} for m in models]
     result = {
-        **_summary(models[0]),
-        "engine": engine,
-        "engine_version": models[0].engine_version,
+        **summaries[0],
         "batch": models[0].input_shape[0],
         "imgsz": models[0].input_shape[2],
         "threads": threads,
         "warmup": warmup,
-        "wall_s": round(time.perf_counter() - start, 3),
+        "wall_s": round(wall, 3),
         "cpu": cpu_info(),
     }
     if len(models) == 2:
-        other = _summary(models[1])
+        other = summaries[1]
+        other["verdict"] = why.verdict(other)
         result["compare"] = other
         result["interleaved"] = {"order": "ABBA blocks", "block_runs": [m.block for m in models],
                                  "untimed_first_run_per_block": True}
         result["speedup"] = round(result["images_per_s"] / other["images_per_s"], 4)
         result["speedup_p50"] = round(other["latency_ms"]["p50"] / result["latency_ms"]["p50"], 4)  # robust to spikes
         result["size_ratio_gzip"] = round(other["size_gzip_bytes"] / result["size_gzip_bytes"], 4)
+    result["verdict"] = why.verdict(result)
     return result

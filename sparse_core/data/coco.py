@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sparse_core.data.labels import Item, Obj, Problems, box_of_polygon, is_file, number, pixel_box, polygon
+from sparse_core.data.labels import (Item, Obj, Problems, box_of_polygon, is_file, number, pixel_box, polygon,
+                                       safe_name)
 from sparse_core.errors import UserError
 
 MAX_RLE_PIXELS = 1 << 26  # 8192 x 8192: an RLE mask larger than that is refused before it is allocated
@@ -202,73 +203,83 @@ def read(src: Path, task: str, classes: list[str] | None, problems: Problems) ->
         elif not classes and names != class_names:
             problems.add(str(path), f"categories {names} differ from the other split's {class_names}; expected the "
                                     "same categories in every split (or pass --classes)")
-        by_id: dict[int, Item] = {}
-        for i, img in enumerate(data["images"]):
-            where = f"{path}: images[{i}]"
-            if not isinstance(img, dict) or not isinstance(img.get("id"), (int, str)) \
-                    or not isinstance(img.get("file_name"), str):
-                problems.add(where, "expected an object with 'id' and 'file_name'")
-                continue
-            where = f"{path}: images[{i}] (id {img['id']})"
-            w, h = img.get("width"), img.get("height")
-            if not (isinstance(w, int) and isinstance(h, int) and 0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE):
-                problems.add(where, f"width/height {w!r:.20}x{h!r:.20}; expected positive integers up to {MAX_SIDE}")
-                continue
-            if img["id"] in by_id:
-                problems.add(where, f"duplicate image id {img['id']}; expected unique ids")
-                continue
-            file = _find_image(img["file_name"], path, src)
-            if file is None:
-                problems.add(where, f"image file {img['file_name']!r} not found; expected it next to {path.name}, "
-                                    "in images/ or in images/<split>/")
-                by_id[img["id"]] = None  # known id, no item
-                continue
-            by_id[img["id"]] = Item(file, Path(img["file_name"]).name, split, where, (w, h))
+        by_id = _images(data, path, src, split, problems)
         for i, ann in enumerate(data.get("annotations", [])):
-            where = f"{path}: annotations[{i}]"
-            if not isinstance(ann, dict):
-                problems.add(where, "expected an object")
-                continue
-            if "id" in ann:
-                where += f" (id {ann['id']})"
-            if not isinstance(ann.get("image_id"), (int, str)) or ann["image_id"] not in by_id:
-                problems.add(where, f"annotation for a missing image: image_id {ann.get('image_id')!r} is not in "
-                                    "images; expected the id of a listed image")
-                continue
-            item = by_id[ann["image_id"]]
-            if not isinstance(ann.get("category_id"), int) or ann["category_id"] not in cats:
-                problems.add(where, f"category_id {ann.get('category_id')!r} is not in categories; expected one of "
-                                    f"{sorted(cats)}")
-                continue
-            cls, cname = cats[ann["category_id"]]
-            if cls < 0:
-                problems.add(where, f"unknown category name {cname!r}; expected one of --classes {classes}")
-                continue
-            if ann.get("iscrowd", 0) not in (0, 1, False, True):
-                problems.add(where, f"iscrowd {ann.get('iscrowd')!r}; expected 0 or 1")
-                continue
-            if item is None:
-                continue
-            if ann.get("iscrowd"):
-                item.skip("crowd")
-                continue
-            bbox = ann.get("bbox")
-            if not isinstance(bbox, list) or len(bbox) != 4:
-                problems.add(where, f"bbox {bbox!r}; expected [x, y, width, height] in pixels")
-                continue
-            vals = [number(v, where, "bbox value", problems) for v in bbox]
-            if None in vals:
-                continue
-            x, y, bw, bh = vals
-            box = pixel_box(x, y, x + bw, y + bh, item.size, where, problems)
-            if box is None:
-                continue
-            if task == "segment":
-                pts = _segmentation(ann.get("segmentation"), item.size, where, problems)
-                if pts is None:
-                    continue
-                item.objects.append(Obj(cls, box_of_polygon(pts), pts))
-            else:
-                item.objects.append(Obj(cls, box))
+            _annotation(ann, f"{path}: annotations[{i}]", by_id, cats, classes, task, problems)
         items += [it for it in by_id.values() if it is not None]
     return items, class_names or []
+
+
+def _images(data: dict, path: Path, src: Path, split: str, problems: Problems) -> dict:
+    """image id -> Item (None for a listed image whose file is missing) of one COCO json."""
+    by_id: dict = {}
+    for i, img in enumerate(data["images"]):
+        where = f"{path}: images[{i}]"
+        if not isinstance(img, dict) or not isinstance(img.get("id"), (int, str)) \
+                or not isinstance(img.get("file_name"), str):
+            problems.add(where, "expected an object with 'id' and 'file_name'")
+            continue
+        where = f"{path}: images[{i}] (id {img['id']})"
+        w, h = img.get("width"), img.get("height")
+        if not (isinstance(w, int) and isinstance(h, int) and 0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE):
+            problems.add(where, f"width/height {w!r:.20}x{h!r:.20}; expected positive integers up to {MAX_SIDE}")
+            continue
+        if img["id"] in by_id:
+            problems.add(where, f"duplicate image id {img['id']}; expected unique ids")
+            continue
+        safe_name(img["file_name"], f"{path}: images[{i}].file_name")
+        file = _find_image(img["file_name"], path, src)
+        if file is None:
+            problems.add(where, f"image file {img['file_name']!r} not found; expected it next to {path.name}, "
+                                "in images/ or in images/<split>/")
+            by_id[img["id"]] = None  # known id, no item
+            continue
+        by_id[img["id"]] = Item(file, Path(img["file_name"]).name, split, where, (w, h))
+    return by_id
+
+
+def _annotation(ann, where: str, by_id: dict, cats: dict, classes, task: str, problems: Problems) -> None:
+    """Check one annotation and add its object to its image's Item (problems are recorded, not raised)."""
+    if not isinstance(ann, dict):
+        problems.add(where, "expected an object")
+        return
+    if "id" in ann:
+        where += f" (id {ann['id']})"
+    if not isinstance(ann.get("image_id"), (int, str)) or ann["image_id"] not in by_id:
+        problems.add(where, f"annotation for a missing image: image_id {ann.get('image_id')!r} is not in "
+                            "images; expected the id of a listed image")
+        return
+    item = by_id[ann["image_id"]]
+    if not isinstance(ann.get("category_id"), int) or ann["category_id"] not in cats:
+        problems.add(where, f"category_id {ann.get('category_id')!r} is not in categories; expected one of "
+                            f"{sorted(cats)}")
+        return
+    cls, cname = cats[ann["category_id"]]
+    if cls < 0:
+        problems.add(where, f"unknown category name {cname!r}; expected one of --classes {classes}")
+        return
+    if ann.get("iscrowd", 0) not in (0, 1, False, True):
+        problems.add(where, f"iscrowd {ann.get('iscrowd')!r}; expected 0 or 1")
+        return
+    if item is None:
+        return
+    if ann.get("iscrowd"):
+        item.skip("crowd")
+        return
+    bbox = ann.get("bbox")
+    if not isinstance(bbox, list) or len(bbox) != 4:
+        problems.add(where, f"bbox {bbox!r}; expected [x, y, width, height] in pixels")
+        return
+    vals = [number(v, where, "bbox value", problems) for v in bbox]
+    if None in vals:
+        return
+    x, y, bw, bh = vals
+    box = pixel_box(x, y, x + bw, y + bh, item.size, where, problems)
+    if box is None:
+        return
+    if task == "segment":
+        pts = _segmentation(ann.get("segmentation"), item.size, where, problems)
+        if pts is not None:
+            item.objects.append(Obj(cls, box_of_polygon(pts), pts))
+    else:
+        item.objects.append(Obj(cls, box))

@@ -8,6 +8,7 @@ expected. ``prepare`` then checks the images and writes Ultralytics labels from 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +72,28 @@ def is_file(path: Path) -> bool:
         return path.is_file()
     except (OSError, ValueError):
         return False
+
+
+def safe_name(name: str, where: str) -> str:
+    """A file name taken from an annotation (COCO ``file_name``, VOC ``<filename>``, an image-set id): relative and
+    without '..', so joining it to a folder stays inside that folder; anything else is refused (UserError)."""
+    parts = name.replace("\\", "/").split("/")
+    absolute = name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":")  # POSIX, UNC, C:...
+    if not name or absolute or ".." in parts or "\0" in name:
+        raise UserError(f"{where}: {name[:120]!r} points outside the data set; expected a relative name without '..'")
+    return name
+
+
+def inside_root(root: Path, entry, where: str) -> Path:
+    """``root / entry`` for a data yaml's train/val entry (or a line of its .txt list); refused (UserError) when it
+    resolves outside ``root`` ('..', or an absolute path elsewhere)."""
+    path = Path(str(entry))
+    full = Path(os.path.normpath(path if path.is_absolute() else Path(root) / path))
+    base = Path(os.path.normpath(Path(root).absolute()))
+    if not Path(os.path.normpath(full.absolute())).is_relative_to(base):
+        raise UserError(f"{where}: {str(entry)[:120]!r} resolves outside the data set root {base}; expected a path "
+                        "inside it (set 'path:' to the data set root)")
+    return full
 
 
 def number(text, where: str, what: str, problems: Problems) -> float | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from sparse_core.data.labels import IMAGE_EXTS, Item, Obj, Problems, is_file, number, pixel_box
+from sparse_core.data.labels import IMAGE_EXTS, Item, Obj, Problems, is_file, number, pixel_box, safe_name
 from sparse_core.errors import UserError
 
 VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
@@ -43,7 +43,7 @@ def _ids(root: Path, problems: Problems) -> list[tuple[str, str | None]]:
     for split, f in listed:
         for n, line in enumerate(f.read_text().splitlines(), 1):
             if line.strip():
-                image_id = line.split()[0]
+                image_id = safe_name(line.split()[0], f"{f}:{n}")
                 if not is_file(root / "Annotations" / f"{image_id}.xml"):
                     problems.add(f"{f}:{n}", f"id {image_id!r} has no Annotations/{image_id}.xml; expected an "
                                              "annotation file for every listed id")
@@ -78,6 +78,8 @@ def _parse(xml: Path, root: Path, split: str | None,
         line = err.position[0] if getattr(err, "position", None) else 0
         problems.add(f"{xml}:{line}", f"invalid XML ({err}); expected a VOC annotation")
         return None, []
+    if _text(tree, "filename"):
+        safe_name(_text(tree, "filename"), f"{xml}: <filename>")
     image = _image(root, xml.stem, _text(tree, "filename"))
     if image is None:
         problems.add(str(xml), f"image for {xml.stem!r} not found in {root / 'JPEGImages'}; expected "

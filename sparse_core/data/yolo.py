@@ -11,7 +11,8 @@ from pathlib import Path
 import yaml
 
 from sparse_core.data.hashing import label_path
-from sparse_core.data.labels import IMAGE_EXTS, Item, Obj, Problems, box_of_polygon, norm_box, number, polygon
+from sparse_core.data.labels import (IMAGE_EXTS, Item, Obj, Problems, box_of_polygon, inside_root, norm_box, number,
+                                     polygon)
 from sparse_core.errors import UserError
 
 
@@ -58,15 +59,13 @@ def _names(meta: dict, yaml_path: Path, classes: list[str] | None) -> list[str]:
 def _split_images(root: Path, spec, where: str) -> list[Path]:
     images: list[Path] = []
     for s in spec if isinstance(spec, list) else [spec]:
-        p = Path(str(s))
-        p = p if p.is_absolute() else root / p
+        p = inside_root(root, s, where)
         if p.is_dir():
             images += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTS and q.is_file())
         elif p.is_file() and p.suffix == ".txt":
-            for line in p.read_text().splitlines():
+            for n, line in enumerate(p.read_text().splitlines(), 1):
                 if line.strip():
-                    q = Path(line.strip())
-                    images.append(q if q.is_absolute() else root / q)
+                    images.append(inside_root(root, line.strip(), f"{p}:{n}"))
         else:
             raise UserError(f"{where}: {p} not found; expected a folder of images or a .txt list of images")
     return images

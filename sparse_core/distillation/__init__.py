@@ -13,11 +13,11 @@ from sparse_core.distillation.handler import (
     PerLayerDistillationHandler,
 )
 from sparse_core.distillation.teacher import load_teacher, resolve_spec
-from sparse_core.modifiers import register_handler
+from sparse_core.modifiers.registry import register_executor
 
 for _name in ("DistillationModifier", "OutputDistillationModifier"):
-    register_handler(_name, OutputDistillationHandler)
-register_handler("PerLayerDistillationModifier", PerLayerDistillationHandler)
+    register_executor(_name, OutputDistillationHandler)
+register_executor("PerLayerDistillationModifier", PerLayerDistillationHandler)
 
 __all__ = ["DistillCriterion", "Distiller", "OutputDistillationHandler", "PerLayerDistillationHandler",
            "load_teacher", "resolve_spec"]

@@ -17,6 +17,7 @@ manager state. Student hooks are re-attached if QAT swaps a distilled module for
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 from torch import nn
@@ -87,7 +88,25 @@ class DistillCriterion:
             self.base.update()
 
 
-class OutputDistillationHandler:
+class _Term:
+    """A loss term of the shared Distiller (one per distillation modifier), on inside the modifier's epochs."""
+
+    mod: Any
+    distiller: Distiller | None
+    active: bool
+
+    def _join(self, epoch: float) -> None:
+        """Add this term to the distiller and set whether it is active at ``epoch``."""
+        self.distiller.terms.append(self)
+        self.distiller.install()
+        self.update(epoch)
+
+    def _in_window(self, epoch: float) -> bool:
+        self.active = self.distiller is not None and self.distiller.teacher is not None and _window(self.mod, epoch)
+        return self.active
+
+
+class OutputDistillationHandler(_Term):
     """DistillationModifier / OutputDistillationModifier: KL between head outputs at ``temperature``."""
 
     def __init__(self, mod, manager, where: str):
@@ -103,13 +122,10 @@ class OutputDistillationHandler:
         if self.distiller.teacher is None:
             LOGGER.info("%s: --teacher disable: output distillation off", self.where)
             return
-        self.distiller.terms.append(self)
-        self.distiller.install()
-        self.update(epoch)
+        self._join(epoch)
 
     def update(self, epoch: float) -> bool:
-        self.active = self.distiller is not None and self.distiller.teacher is not None and _window(self.mod, epoch)
-        if self.active:
+        if self._in_window(epoch):
             self.distiller.install()
         return False
 
@@ -121,8 +137,14 @@ class OutputDistillationHandler:
         self.distiller.last["output_kd"] = float(kd.detach())
         return loss * (1.0 - h), h * gain * kd
 
+    def finalize(self) -> None:
+        """The distiller (shared with per-layer terms) is the trainer's to remove; nothing of this term's own."""
+
     def state_dict(self) -> dict:
         return {"type": "output"}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Stateless: whether it is active follows from the epoch at the next ``update``."""
 
 
 class _Cache:
@@ -136,7 +158,7 @@ class _Cache:
             self.store[self.name] = output
 
 
-class PerLayerDistillationHandler:
+class PerLayerDistillationHandler(_Term):
     """PerLayerDistillationModifier: feature imitation between named student/teacher layers."""
 
     def __init__(self, mod, manager, where: str):
@@ -171,13 +193,10 @@ class PerLayerDistillationHandler:
         for name in self.teacher_names:
             teacher.get_submodule(name).register_forward_hook(_Cache(self.teacher_out, name, self))
         self._build_projections()
-        self.distiller.terms.append(self)
-        self.distiller.install()
-        self.update(epoch)
+        self._join(epoch)
 
     def update(self, epoch: float) -> bool:
-        self.active = self.distiller is not None and self.distiller.teacher is not None and _window(self.mod, epoch)
-        if self.active:
+        if self._in_window(epoch):
             self._hook_student()  # QAT may have replaced a hooked block
             self.distiller.install()
         else:

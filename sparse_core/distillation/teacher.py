@@ -53,6 +53,9 @@ def resolve_spec(spec: str | None, zoo: str | None = None) -> str | None:
 
     if not Path(spec).is_file():
         raise UserError(f"--teacher {spec}: not found; expected a checkpoint path, a zoo: stub, 'self' or 'disable'")
+    from sparse_core.checkpoint import load_checkpoint
+
+    load_checkpoint(spec)  # a bad or code-carrying teacher is refused now, not after the trainer has set up
     return spec
 
 

@@ -12,6 +12,7 @@ import math
 import torch
 
 from sparse_core.errors import NotSupportedYet, UserError
+from sparse_core.modifiers.registry import register_executor
 
 _EPS = 1e-9
 
@@ -83,26 +84,43 @@ class LRExecutor:
             return m.learning_rate
         return m.weight_decay
 
-    def update(self, epoch: float) -> None:
+    def update(self, epoch: float) -> bool:
+        """Set the value due at ``epoch``; False (the LR never changes masks or the model)."""
         if self.optimizer is None or epoch + _EPS < self.start:
-            return
+            return False
         set_once = self.mod.type_name in ("SetLearningRateModifier", "SetWeightDecayModifier")
         if set_once and self.applied:
-            return
+            return False
         if not set_once and not self.active(epoch):
-            return
+            return False
         value = self.value(epoch)
         if value is None:
-            return
+            return False
         key = "weight_decay" if self.mod.kind == "wd" else "lr"
         groups = getattr(self.mod, "param_groups", None)
         for index, group in enumerate(self.optimizer.param_groups):
             if not groups or index in groups:
                 group[key] = value
         self.applied = True
+        return False
 
-    def state(self) -> dict:
+    def initialize(self, epoch: float) -> None:
+        """Nothing to prepare: ``update`` sets the value due."""
+
+    def finalize(self) -> None:
+        """The optimizer keeps the last value set."""
+
+    def state_dict(self) -> dict:
         return {"type": self.mod.type_name, "applied": self.applied}
 
-    def load(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
         self.applied = bool(state.get("applied", False))
+
+
+def _lr_executor(mod, manager, where: str) -> LRExecutor:
+    return LRExecutor(mod, where, manager.optimizer)
+
+
+for _name in ("SetLearningRateModifier", "LearningRateFunctionModifier", "LearningRateModifier",
+              "SetWeightDecayModifier"):
+    register_executor(_name, _lr_executor)

@@ -5,32 +5,24 @@ step with the fractional epoch → ``finalize()`` (unhook; weights stay zeroed; 
 
 Masks survive training because the optimizer is hooked on both sides of ``step()``: before it, masked gradients
 are zeroed (so momentum / Adam moments of pruned weights stay 0); after it, masked weights are zeroed again (so
-weight decay or leftover momentum cannot revive them). Quantization and distillation are executed by handlers
-registered with ``register_handler`` (issue 3/8); without one they raise NotSupportedYet, never a silent no-op.
+weight decay or leftover momentum cannot revive them). Every modifier runs through the executor registered for it
+(``sparse_core.modifiers.registry``); a modifier without one raises NotSupportedYet, never a silent no-op.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from sparse_core.errors import NotSupportedYet, UserError
 from sparse_core.modifiers.lr import LRExecutor
-from sparse_core.modifiers.pruning import ConstantPruningExecutor, GMPExecutor, PruningExecutor
-from sparse_core.modifiers.selectors import prunable_names, resolve_params
+from sparse_core.modifiers.pruning import PruningExecutor
+from sparse_core.modifiers.registry import ModifierExecutor, executor_for
+from sparse_core.modifiers.selectors import prunable_names
 from sparse_core.recipe.recipe import Recipe
-from sparse_core.recipe.schemas import GMPruningModifier, Modifier
+from sparse_core.recipe.schemas import Modifier
 from sparse_core.sparsity import zero_fractions
-
-# type_name -> factory(modifier, manager, where) returning an object with optional methods
-# initialize(epoch), update(epoch) -> bool | None, finalize(), state_dict() -> dict, load_state_dict(dict)
-_HANDLERS: dict[str, Callable[..., Any]] = {}
-
-
-def register_handler(type_name: str, factory: Callable[..., Any]) -> None:
-    """Plug in the executor of a modifier type this module does not run itself (QAT, distillation)."""
-    _HANDLERS[type_name] = factory
 
 
 class RecipeManager:
@@ -43,7 +35,8 @@ class RecipeManager:
         self.epoch: float = 0.0
         self.pruners: list[PruningExecutor] = []
         self.lrs: list[LRExecutor] = []
-        self.handlers: list[tuple[Modifier, Any]] = []
+        self.handlers: list[tuple[Modifier, ModifierExecutor]] = []  # executors other than pruning and LR
+        self.params: dict[str, torch.nn.Parameter] = {}  # the model's parameters by name, for executor factories
         self.initialized = False
         self._hooks: list[Any] = []
         self._masked: list[tuple[str, torch.nn.Parameter, torch.Tensor]] = []  # (name, param, float mask)
@@ -59,45 +52,35 @@ class RecipeManager:
         """Resolve selectors, create executors and masks due at ``epoch``, hook the optimizer."""
         if self.initialized:
             raise RuntimeError("RecipeManager.initialize called twice")
-        params = dict(self.model.named_parameters())
+        self.params = dict(self.model.named_parameters())
         for mod in self.recipe.modifiers:
+            if mod.kind == "epoch":
+                continue  # the trainer reads the epoch range from the recipe
             where = self._where(mod)
-            if mod.kind == "pruning":
-                self.pruners.append(self._pruner(mod, where, params))
-            elif mod.kind in ("lr", "wd"):
-                self.lrs.append(LRExecutor(mod, where, self.optimizer))
-            elif mod.kind == "epoch":
-                continue
-            elif mod.type_name in _HANDLERS:
-                self.handlers.append((mod, _HANDLERS[mod.type_name](mod, self, where)))
-            else:
+            factory = executor_for(mod)
+            if factory is None:
                 raise NotSupportedYet(f"{where}: {mod.type_name} ({mod.kind}) cannot be applied yet in this build; "
                                       "it is parsed and validated only")
+            executor = factory(mod, self, where)
+            if isinstance(executor, PruningExecutor):
+                self.pruners.append(executor)
+            elif isinstance(executor, LRExecutor):
+                self.lrs.append(executor)
+            else:
+                self.handlers.append((mod, executor))
         if self.optimizer is not None:
             self._hooks.append(self.optimizer.register_step_pre_hook(lambda opt, a, k: self._before_step()))
             self._hooks.append(self.optimizer.register_step_post_hook(lambda opt, a, k: self._mask_weights()))
         self.initialized = True
-        for _, handler in self.handlers:
-            if hasattr(handler, "initialize"):
-                handler.initialize(epoch)
+        for executor in self._executors():
+            executor.initialize(epoch)
         # Masks due at ``epoch`` are computed now but only written into the weights at the next update / step /
         # apply_masks: a resume calls load_state_dict right after initialize, and must find the weights untouched.
         self._pending = self._advance(epoch)
 
-    def _pruner(self, mod: Modifier, where: str, params: dict[str, torch.nn.Parameter]) -> PruningExecutor:
-        if isinstance(mod, GMPruningModifier) and mod.mask_type == "filter":
-            from sparse_core.structured import StructuredGMPExecutor  # coupled channels, thinned after training
-
-            return StructuredGMPExecutor(mod, where, self.model, params, recipe=self.recipe)
-        if isinstance(mod, GMPruningModifier):
-            final: dict[str, float] = {}
-            for selector, sparsity in mod.selector_sparsities():
-                for name in resolve_params(selector, self.model, where):
-                    final.setdefault(name, sparsity)
-            names = [n for n in params if n in final]
-            return GMPExecutor(mod, where, names, params, final)
-        names = resolve_params(mod.params, self.model, where)
-        return ConstantPruningExecutor(mod, where, names, params)
+    def _executors(self) -> list[ModifierExecutor]:
+        """Every executor: pruning, LR / weight decay, then the others (quantization, distillation)."""
+        return [*self.pruners, *self.lrs, *(h for _, h in self.handlers)]
 
     def update(self, epoch: float) -> bool:
         """Advance to ``epoch`` (fractional): update masks when due, set LR / weight decay; True if masks changed."""
@@ -122,13 +105,8 @@ class RecipeManager:
     def _advance(self, epoch: float) -> bool:
         self.epoch = float(epoch)
         changed = False
-        for pruner in self.pruners:
-            changed |= pruner.update(self.epoch)
-        for lr in self.lrs:
-            lr.update(self.epoch)
-        for _, handler in self.handlers:
-            if hasattr(handler, "update"):
-                changed |= bool(handler.update(self.epoch))
+        for executor in self._executors():
+            changed |= bool(executor.update(self.epoch))
         return changed
 
     def lr_active(self, epoch: float) -> bool:
@@ -142,9 +120,8 @@ class RecipeManager:
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
-        for _, handler in self.handlers:
-            if hasattr(handler, "finalize"):
-                handler.finalize()
+        for executor in self._executors():
+            executor.finalize()
         self._masked = []
         self._foreach = ([], [])
         self.initialized = False
@@ -248,9 +225,9 @@ class RecipeManager:
             "epoch": self.epoch,
             "recipe_sha256": self.recipe.sha256,
             "masks": {n: m.clone() for n, m in self.masks.items()},
-            "pruners": [p.state() for p in self.pruners],
-            "lrs": [lr.state() for lr in self.lrs],
-            "handlers": [h.state_dict() if hasattr(h, "state_dict") else {} for _, h in self.handlers],
+            "pruners": [p.state_dict() for p in self.pruners],
+            "lrs": [lr.state_dict() for lr in self.lrs],
+            "handlers": [h.state_dict() for _, h in self.handlers],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -263,12 +240,11 @@ class RecipeManager:
                             f"{len(lrs)} LR modifiers; this recipe has {len(self.pruners)} and {len(self.lrs)} — "
                             "resume with the recipe the checkpoint was trained with")
         for pruner, saved in zip(self.pruners, pruners):
-            pruner.load(saved)
+            pruner.load_state_dict(saved)
         for lr, saved in zip(self.lrs, lrs):
-            lr.load(saved)
+            lr.load_state_dict(saved)
         for (_, handler), saved in zip(self.handlers, state.get("handlers", [])):
-            if hasattr(handler, "load_state_dict"):
-                handler.load_state_dict(saved)
+            handler.load_state_dict(saved)
         self.epoch = float(state.get("epoch", self.epoch))
         self._pending = False
         self._rebuild_masks()

@@ -15,6 +15,8 @@ import sys
 import torch
 
 from sparse_core.errors import NotSupportedYet, UserError
+from sparse_core.modifiers.registry import register_executor
+from sparse_core.modifiers.selectors import resolve_params
 from sparse_core.recipe.schemas import FROM_PARAM_TOKEN, ConstantPruningModifier, GMPruningModifier
 
 _EPS = 1e-9
@@ -97,11 +99,18 @@ class PruningExecutor:
         self.masks: dict[str, torch.Tensor] | None = None
         self.enabled = False  # masks applied to weights
 
+    # the ModifierExecutor protocol (sparse_core.modifiers.registry); masks are applied by the manager
+    def initialize(self, epoch: float) -> None:
+        """Nothing to prepare: the manager's first ``update`` computes the masks due at ``epoch``."""
+
+    def finalize(self) -> None:
+        """Nothing to undo: masked weights stay zero."""
+
     # schedule state that load_state_dict restores
-    def state(self) -> dict:
+    def state_dict(self) -> dict:
         return {"type": self.mod.type_name, "names": list(self.names), "masks": self.masks, "enabled": self.enabled}
 
-    def load(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
         if state.get("type") != self.mod.type_name or list(state.get("names", [])) != self.names:
             raise UserError(f"{self.where}: saved pruning state is for {state.get('type')} over "
                             f"{len(state.get('names', []))} params; the recipe now selects {len(self.names)} params")
@@ -128,22 +137,60 @@ class ConstantPruningExecutor(PruningExecutor):
             return True
         return False
 
-    def state(self) -> dict:
-        return super().state()
+    def state_dict(self) -> dict:
+        return super().state_dict()
 
 
-class GMPExecutor(PruningExecutor):
-    """Gradual magnitude pruning of one GMPruningModifier (per-layer or global ranking)."""
+class GMPSchedule(PruningExecutor):
+    """When a GMP modifier updates its masks, shared by unstructured and structured GMP: at start_epoch, every
+    update_frequency epochs after it and at end_epoch (then off unless leave_enabled); ``init`` sparsities are
+    taken at the first update. Subclasses define ``_init_sparsities()`` and ``_prune(epoch, final_step)``, which
+    sets ``masks``."""
 
     mod: GMPruningModifier
+
+    def __init__(self, mod, where, names, params):
+        super().__init__(mod, where, names, params)
+        self.init: dict = {}
+        self.next_update = 0  # index k of the next scheduled update at start + k * update_frequency
+        self.ended = False
+
+    def due(self, epoch: float) -> bool:
+        return gmp_update_due(self.mod, self.ended, self.next_update, epoch)
+
+    def update(self, epoch: float) -> bool:
+        """At a due epoch: new masks (``_prune``), then the next update or, at end_epoch, the end."""
+        if not self.due(epoch):
+            return False
+        self._init_sparsities()
+        m = self.mod
+        final_step = epoch + _EPS >= m.end_epoch
+        self._prune(epoch, final_step)
+        self.enabled = True
+        if final_step:
+            self.ended = True
+            self.enabled = bool(m.leave_enabled)
+        elif m.update_frequency > 0:
+            self.next_update = math.floor((epoch + _EPS - m.start_epoch) / m.update_frequency) + 1
+        return True
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "init": dict(self.init), "next_update": self.next_update, "ended": self.ended}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.init = dict(state.get("init", {}))
+        self.next_update = int(state.get("next_update", 0))
+        self.ended = bool(state.get("ended", False))
+
+
+class GMPExecutor(GMPSchedule):
+    """Gradual magnitude pruning of one GMPruningModifier (per-layer or global ranking)."""
 
     def __init__(self, mod, where, names, params, final: dict[str, float]):
         super().__init__(mod, where, names, params)
         _check_mask_type(mod, where)
         self.final = final  # name -> final sparsity
-        self.init: dict[str, float] = {}
-        self.next_update = 0  # index k of the next scheduled update at start + k * update_frequency
-        self.ended = False
         self.applied: dict[str, float] = {}  # name -> last target sparsity
         if mod.uses_global_sparsity() and len(set(final.values())) > 1:
             raise UserError(f"{where}: global_sparsity needs one final_sparsity for all params; got several")
@@ -161,39 +208,38 @@ class GMPExecutor(PruningExecutor):
         m = self.mod
         return interpolate(epoch, m.start_epoch, m.end_epoch, self.init[name], self.final[name], m.inter_func)
 
-    def due(self, epoch: float) -> bool:
-        return gmp_update_due(self.mod, self.ended, self.next_update, epoch)
-
-    def update(self, epoch: float) -> bool:
-        if not self.due(epoch):
-            return False
-        self._init_sparsities()
-        m = self.mod
-        final_step = epoch + _EPS >= m.end_epoch
+    def _prune(self, epoch: float, final_step: bool) -> None:
         targets = {n: (self.final[n] if final_step else self.target(n, epoch)) for n in self.names}
         old = self.masks or {}
-        if m.uses_global_sparsity():
+        if self.mod.uses_global_sparsity():
             weights = [self.params[n] for n in self.names]
             new = global_magnitude_masks(weights, [old.get(n) for n in self.names], next(iter(targets.values())))
             self.masks = dict(zip(self.names, new))
         else:
             self.masks = {n: magnitude_mask(self.params[n], old.get(n), targets[n]) for n in self.names}
         self.applied = targets
-        self.enabled = True
-        if final_step:
-            self.ended = True
-            self.enabled = bool(m.leave_enabled)
-        elif m.update_frequency > 0:
-            self.next_update = math.floor((epoch + _EPS - m.start_epoch) / m.update_frequency) + 1
-        return True
 
-    def state(self) -> dict:
-        return {**super().state(), "init": dict(self.init), "next_update": self.next_update, "ended": self.ended,
-                "applied": dict(self.applied)}
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "applied": dict(self.applied)}
 
-    def load(self, state: dict) -> None:
-        super().load(state)
-        self.init = dict(state.get("init", {}))
-        self.next_update = int(state.get("next_update", 0))
-        self.ended = bool(state.get("ended", False))
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
         self.applied = dict(state.get("applied", {}))
+
+
+def _gmp_executor(mod: GMPruningModifier, manager, where: str) -> GMPExecutor:
+    final: dict[str, float] = {}
+    for selector, sparsity in mod.selector_sparsities():
+        for name in resolve_params(selector, manager.model, where):
+            final.setdefault(name, sparsity)
+    names = [n for n in manager.params if n in final]
+    return GMPExecutor(mod, where, names, manager.params, final)
+
+
+def _constant_executor(mod: ConstantPruningModifier, manager, where: str) -> ConstantPruningExecutor:
+    return ConstantPruningExecutor(mod, where, resolve_params(mod.params, manager.model, where), manager.params)
+
+
+for _name in ("GMPruningModifier", "MagnitudePruningModifier", "GlobalMagnitudePruningModifier"):
+    register_executor(_name, _gmp_executor)
+register_executor("ConstantPruningModifier", _constant_executor)

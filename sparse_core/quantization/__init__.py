@@ -16,11 +16,11 @@ Layout: ``scheme`` (recipe → per-module schemes), ``modules`` (QAT blocks, fak
 surgery, EMA sync), ``handler`` (the RecipeManager executor). docs/quantization.md has the user-facing summary.
 """
 
-from sparse_core.modifiers import register_handler
+from sparse_core.modifiers.registry import register_executor
 from sparse_core.quantization.handler import QuantizationHandler
 from sparse_core.quantization.prepare import Report, prepare, sync_quant_state
 from sparse_core.quantization.scheme import ModuleScheme, QArgs, resolve
 
-register_handler("QuantizationModifier", QuantizationHandler)
+register_executor("QuantizationModifier", QuantizationHandler)
 
 __all__ = ["ModuleScheme", "QArgs", "QuantizationHandler", "Report", "prepare", "resolve", "sync_quant_state"]

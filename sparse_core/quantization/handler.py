@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 
-from sparse_core.errors import UserError
 from sparse_core.quantization import prepare as qp
 from sparse_core.quantization.modules import freeze_bn_stats
 from sparse_core.recipe.schemas import QuantizationModifier
@@ -22,10 +21,6 @@ class QuantizationHandler:
     """State: started / observers_disabled / bn_frozen, saved in the manager's state_dict for exact resume."""
 
     def __init__(self, mod: QuantizationModifier, manager, where: str):
-        others = [m for m in manager.recipe.modifiers if m.type_name == "QuantizationModifier"]
-        if len(others) > 1:
-            raise UserError(f"{where}: the recipe has {len(others)} QuantizationModifiers; expected one "
-                            "(a model is prepared for QAT once)")
         self.mod, self.manager, self.where = mod, manager, where
         self.started = self.observers_disabled = self.bn_frozen = False
         self.report: qp.Report | None = None

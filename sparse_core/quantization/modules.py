@@ -107,7 +107,7 @@ class Conv(nn.Module):
         self.conv = ConvBn2d.fuse(block.conv, block.bn)
         self.act = copy.deepcopy(block.act)  # one instance per block, so every activation has its own name
         for k in ROUTING:
-            if hasattr(block, k):
+            if k in vars(block):  # not hasattr: every module has a ``type`` method (a bound method pickles as code)
                 setattr(self, k, getattr(block, k))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -128,7 +128,7 @@ class Bottleneck(nn.Module):
         self.cv1, self.cv2, self.add = block.cv1, block.cv2, block.add
         self.add_input_0, self.add_input_1 = AddInput(), AddInput()
         for k in ROUTING:
-            if hasattr(block, k):
+            if k in vars(block):  # not hasattr: every module has a ``type`` method (a bound method pickles as code)
                 setattr(self, k, getattr(block, k))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

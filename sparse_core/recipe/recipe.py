@@ -24,10 +24,12 @@ from sparse_core.recipe import schemas
 from sparse_core.recipe.variables import Variables
 from sparse_core.recipe.yaml_source import (MAX_BYTES, LineDict, LineList, check_nesting, front_matter, load_yaml,
                                             looks_like_markdown)
+from sparse_core.recipe.rules import check_rules
 
 Modifier = schemas.Modifier
 PRUNING_TYPES = ("GMPruningModifier", "MagnitudePruningModifier", "GlobalMagnitudePruningModifier")
 LR_TYPES = ("SetLearningRateModifier", "LearningRateFunctionModifier", "LearningRateModifier")
+EPOCH_FIELDS = ("start_epoch", "end_epoch", "disable_quantization_observer_epoch", "freeze_bn_stats_epoch")
 
 
 def parse_recipe_args(text: str | dict | None) -> dict:
@@ -53,8 +55,14 @@ def parse_recipe_args(text: str | dict | None) -> dict:
     return value
 
 
-def _read_source(source: str | os.PathLike) -> tuple[str | None, str]:
-    """(path or None, text): an existing path, else raw text when it has ':' or a newline, else a missing file."""
+def _read_source(source: str | os.PathLike, zoo: str | None = None) -> tuple[str | None, str]:
+    """(path or None, text) of a recipe source, the one place sources are told apart: a ``zoo:`` stub (fetched
+    into the zoo cache, ``zoo`` or ``$SPARSEPIPE_ZOO``), an existing path, else raw text when it has ':' or a
+    newline, else a missing file."""
+    if isinstance(source, str) and source.startswith("zoo:") and "\n" not in source:
+        from sparse_core.zoo import resolve_recipe
+
+        source = str(resolve_recipe(source, zoo=zoo))
     if isinstance(source, str) and not os.path.exists(source) and (":" in source or "\n" in source):
         return None, source
     path = Path(source)
@@ -179,11 +187,33 @@ class Recipe:
             mods = _qat_stage(self.modifiers, qat)
         else:
             raise UserError(f"recipe split: unknown stage '{stage}'; expected 'sparse' or 'qat'")
-        part = Recipe(None, "", self.args, dict(self.variables), mods, self.version)
+        return self.derived(mods)
+
+    def derived(self, modifiers: list[Modifier]) -> "Recipe":
+        """A recipe of ``modifiers`` with this one's variables and path; its text (and sha256) is its own YAML."""
+        part = Recipe(self.path, "", self.args, dict(self.variables), modifiers, self.version)
         part.original_text = part.to_yaml()
         part.sha256 = hashlib.sha256(part.original_text.encode()).hexdigest()
-        part.path = self.path
         return part
+
+    def rebased(self, offset: float) -> "Recipe":
+        """This recipe with every epoch field moved ``offset`` epochs earlier (not below 0; ``-1`` = unset stays).
+
+        ``split("qat")`` keeps absolute epochs (QAT from epoch 50 of 56). The qat step trains a new run from the
+        sparse stage's checkpoint, which starts at epoch 0, so the stage is rebased: QAT, the held masks and the LR
+        schedule start at 0 and the run lasts ``num_epochs - qat_start`` epochs. Limits: an LR function that began
+        before the QAT start restarts its curve at 0; epoch lists (``milestones``) are not moved.
+        """
+        if not offset:
+            return self
+        mods = []
+        for m in self.modifiers:
+            update = {f: max(0.0, float(getattr(m, f)) - offset) for f in EPOCH_FIELDS
+                      if isinstance(getattr(m, f, None), (int, float)) and getattr(m, f) >= 0}
+            moved = m.model_copy(update=update)
+            moved.__pydantic_fields_set__ = set(m.model_fields_set) | set(update)
+            mods.append(moved.placed(m.group, m.line))
+        return self.derived(mods)
 
 
 def _kind(value: Any) -> str:
@@ -256,9 +286,13 @@ _Dumper.add_representer(LineList, lambda d, s: d.represent_list(list(s)))
 # ---------------------------------------------------------------------------------------------------- loading
 
 
-def load_recipe(source: str | os.PathLike, recipe_args: dict | str | None = None) -> Recipe:
-    """Load, override, evaluate and validate a recipe; every problem is a one-line UserError with file:line."""
-    path, text = _read_source(source)
+def load_recipe(source: str | os.PathLike, recipe_args: dict | str | None = None, zoo: str | None = None) -> Recipe:
+    """Load, override, evaluate and validate a recipe; every problem is a one-line UserError with file:line.
+
+    ``source``: a path, a ``zoo:`` stub (``zoo``: the zoo URI) or the recipe text. Rules across modifiers
+    (``sparse_core.recipe.rules``) are checked here too, so ``recipe check`` reports them before any training.
+    """
+    path, text = _read_source(source, zoo)
     label = path or "<recipe>"
     args = parse_recipe_args(recipe_args)
     is_md = (path is not None and path.lower().endswith(".md")) or (path is None and looks_like_markdown(text))
@@ -267,12 +301,12 @@ def load_recipe(source: str | os.PathLike, recipe_args: dict | str | None = None
     if raw is None:
         raise UserError(f"{label}:1: recipe is empty; expected variables and at least one '*modifiers' list")
     if path is None and not isinstance(raw, dict) and "\n" not in text.strip():
-        hint = " (SparseZoo stubs are fetched with sparsepipe zoo first)" if text.startswith("zoo:") else ""
-        raise UserError(f"{text.strip()}: recipe file not found{hint}")
+        raise UserError(f"{text.strip()}: recipe file not found")
     if not isinstance(raw, dict):
         raise UserError(f"{label}:1: recipe top level is a {_kind(raw)}; expected a mapping of variables "
                         "and '*modifiers' lists")
     resolver = _Resolver(label, raw, args)
+    check_rules(resolver.modifiers, label)
     return Recipe(path, text, args, resolver.variables, resolver.modifiers, raw.get("version"))
 
 

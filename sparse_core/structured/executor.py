@@ -24,13 +24,12 @@ import math
 import torch
 
 from sparse_core.errors import NotSupportedYet, UserError
-from sparse_core.modifiers.pruning import PruningExecutor, gmp_update_due, interpolate
+from sparse_core.modifiers.pruning import GMPSchedule, interpolate
 from sparse_core.modifiers.selectors import resolve_params
 from sparse_core.recipe.schemas import FROM_PARAM_TOKEN
 from sparse_core.structured.graph import ChannelGraph, Group, trace
 
 CHANNEL_MULTIPLE = 8
-_EPS = 1e-9
 
 
 def keep_count(n: int, sparsity: float, multiple: int = CHANNEL_MULTIPLE) -> int:
@@ -41,15 +40,10 @@ def keep_count(n: int, sparsity: float, multiple: int = CHANNEL_MULTIPLE) -> int
     return max(keep, 1)
 
 
-class StructuredGMPExecutor(PruningExecutor):
+class StructuredGMPExecutor(GMPSchedule):
     """Gradual magnitude pruning of coupled channel groups of an Ultralytics model (see module docstring)."""
 
-    def __init__(self, mod, where: str, model: torch.nn.Module, params: dict[str, torch.nn.Parameter],
-                 recipe=None):
-        if recipe is not None and recipe.of_type("QuantizationModifier"):
-            raise NotSupportedYet(f"{where}: mask_type: filter and a QuantizationModifier in one recipe is not "
-                                  "supported (QAT restructures the layers the channel masks and thinning work on); "
-                                  "train the structured recipe first, then QAT on its thinned last.pt")
+    def __init__(self, mod, where: str, model: torch.nn.Module, params: dict[str, torch.nn.Parameter]):
         if mod.uses_global_sparsity():
             raise NotSupportedYet(f"{where}: mask_type: filter with global_sparsity is not supported yet; channels "
                                   "are ranked within each coupled group (set global_sparsity: False)")
@@ -80,9 +74,6 @@ class StructuredGMPExecutor(PruningExecutor):
         order = {n: i for i, n in enumerate(params)}
         super().__init__(mod, where, sorted(set(names), key=order.__getitem__), params)
         self._bns = {sp.bn: model.get_submodule(sp.bn) for sp in self._spaces() if sp.bn is not None}
-        self.init: dict[int, float] = {}
-        self.next_update = 0
-        self.ended = False
         self.pruned: list[set[int]] = [set() for _ in self.plan]  # unit indices per plan entry
 
     # -- plan -----------------------------------------------------------------------------------------------------
@@ -129,10 +120,7 @@ class StructuredGMPExecutor(PruningExecutor):
         return [-1.0 if i in pruned else sum(slot_scores[s] for s in unit) / len(unit)
                 for i, unit in enumerate(group.units)]
 
-    # -- schedule (as GMPExecutor) --------------------------------------------------------------------------------
-    def due(self, epoch: float) -> bool:
-        return gmp_update_due(self.mod, self.ended, self.next_update, epoch)
-
+    # -- schedule (GMPSchedule's timetable; ``init`` by plan entry) ------------------------------------------------
     def _init_sparsities(self) -> None:
         if self.init:
             return
@@ -157,12 +145,8 @@ class StructuredGMPExecutor(PruningExecutor):
             return float(self.params[f"{sp.bn}.weight"][c]) == 0 and float(self.params[f"{sp.bn}.bias"][c]) == 0
         return bool((self.params[f"{sp.conv}.weight"][c] == 0).all())
 
-    def update(self, epoch: float) -> bool:
-        if not self.due(epoch):
-            return False
-        self._init_sparsities()
+    def _prune(self, epoch: float, final_step: bool) -> None:
         m = self.mod
-        final_step = epoch + _EPS >= m.end_epoch
         slot_scores = self._slot_scores()
         for k, (group, final) in enumerate(self.plan):
             target = final if final_step else interpolate(epoch, m.start_epoch, m.end_epoch, self.init[k], final,
@@ -174,13 +158,6 @@ class StructuredGMPExecutor(PruningExecutor):
                 pruned.update(sorted(seg, key=lambda i: scores[i])[:n_prune])
             self.pruned[k] = pruned
         self.masks = self._build_masks()
-        self.enabled = True
-        if final_step:
-            self.ended = True
-            self.enabled = bool(m.leave_enabled)
-        elif m.update_frequency > 0:
-            self.next_update = math.floor((epoch + _EPS - m.start_epoch) / m.update_frequency) + 1
-        return True
 
     def _build_masks(self) -> dict[str, torch.Tensor]:
         keep = {sp.conv: [True] * sp.size for sp in self._spaces()}
@@ -205,15 +182,12 @@ class StructuredGMPExecutor(PruningExecutor):
                 for (group, final), pruned in zip(self.plan, self.pruned)]
 
     # -- state ----------------------------------------------------------------------------------------------------
-    def state(self) -> dict:
-        return {**super().state(), "init": dict(self.init), "next_update": self.next_update, "ended": self.ended,
-                "pruned": [sorted(p) for p in self.pruned]}
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "pruned": [sorted(p) for p in self.pruned]}
 
-    def load(self, state: dict) -> None:
-        super().load(state)
-        self.init = {int(k): v for k, v in state.get("init", {}).items()}
-        self.next_update = int(state.get("next_update", 0))
-        self.ended = bool(state.get("ended", False))
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.init = {int(k): v for k, v in self.init.items()}
         pruned = state.get("pruned", [])
         if len(pruned) != len(self.plan):
             raise UserError(f"{self.where}: saved structured pruning state has {len(pruned)} channel groups; the model "

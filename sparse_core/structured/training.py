@@ -18,6 +18,7 @@ import torch
 
 from sparse_core.checkpoint import save_atomic
 from sparse_core.errors import UserError
+from sparse_core.safe_load import load_pt
 from sparse_core.structured.executor import StructuredGMPExecutor
 from sparse_core.structured.thin import THINNED_ATTR, thin_model
 
@@ -44,7 +45,7 @@ def thin_trained_checkpoints(trainer) -> dict[str, Any] | None:
     out: dict[str, Any] = {"groups": [g for p in pruners for g in p.sparsity_report()]}
     for kind, path in (("last", Path(trainer.last)), ("best", Path(trainer.best))):
         if path.exists():
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+            ckpt = load_pt(path)
             out[kind] = thin_checkpoint(ckpt)
             save_atomic(ckpt, path)
     target = Path(trainer.save_dir) / "structured.json"

@@ -28,9 +28,21 @@ def bench_metrics(result: dict) -> dict:
     out = {"images_per_s": result.get("images_per_s", 0.0), "latency_p50_ms": lat.get("p50", 0.0),
            "latency_p90_ms": lat.get("p90", 0.0), "size_mb": result.get("size_mb", 0.0),
            "size_gzip_mb": result.get("size_gzip_mb", 0.0)}
+    if result.get("integer_conv_mac_share") is not None:
+        out["integer_conv_mac_share"] = result["integer_conv_mac_share"]
+    if result.get("speedup") is not None:
+        out["speedup_vs_baseline"] = result["speedup"]
     if result.get("engine"):
         out[f"images_per_s_{result['engine']}"] = out["images_per_s"]
     return out
+
+
+def bench_params(result: dict) -> dict:
+    """What a benchmark figure means: engine, its version and the precision it really computed in."""
+    return {"bench.engine": result.get("engine"), "bench.engine_version": result.get("engine_version"),
+            "bench.precision": result.get("precision"), "bench.threads": result.get("threads"),
+            "bench.batch": result.get("batch"), "bench.cpu": result.get("cpu", {}).get("model"),
+            "bench.isa": result.get("cpu", {}).get("isa")}
 
 
 def engine_accuracy(deploy_dir: str | Path) -> dict:
@@ -51,6 +63,10 @@ def record_export(deploy_dir: str | Path, info: dict, uri: str | None, register:
     tracker.log_metrics({"size_mb": info["size_bytes"] / 1e6, "size_gzip_mb": info["size_gzip_bytes"] / 1e6,
                          "export_sparsity": info.get("sparsity", 0.0)})
     tracker.set_tags({TAG_ONNX_SHA256: info.get("sha256", ""), "quantized": str(info.get("quantized"))})
+    acc = info.get("accuracy") or {}
+    if "map50_95" in acc:  # exported INT8 scored on both engines against the fake-quant model
+        tracker.log_metrics({f"export_map50_95_{k}": v for k, v in acc["map50_95"].items()})
+        tracker.set_tags({"export_accuracy_drop_flagged": str(acc["flagged"])})
     tracker.log_artifact(deploy_dir, "deployment")
     tracker.finish()
     out = {"mlflow_run_id": tracker.run_id}
@@ -69,7 +85,6 @@ def record_benchmark(model: str | Path, result: dict, uri: str | None, experimen
     run_id = _export_info(model).get("mlflow_run_id")
     tracker = Tracker.start(uri, experiment=experiment, run_id=run_id, run_name=None if run_id else "benchmark")
     tracker.log_metrics(bench_metrics(result))
-    tracker.log_params({"bench.engine": result.get("engine"), "bench.threads": result.get("threads"),
-                        "bench.batch": result.get("batch"), "bench.cpu": result.get("cpu", {}).get("model")})
+    tracker.log_params(bench_params(result))
     tracker.finish()
     return tracker.run_id

@@ -146,6 +146,38 @@ def register_model(deploy_dir, name: str, run_id: str | None = None, alias: str 
             "onnx_sha256": onnx_sha}
 
 
+def register_or_reuse(deploy_dir, name: str, run_id: str, alias: str | None, tracking_uri: str,
+                      tags: dict, extra: dict) -> dict:
+    """``register_model``, unless a version of ``name`` with the same ``onnx_sha256``, recipe and ``extra`` tags
+    exists: then that version is reused (``alias`` moved to it). The result has ``reused`` True/False."""
+    onnx_sha = file_sha256(Path(deploy_dir) / "model.onnx")
+    _, client = _client(tracking_uri)
+    existing = _same_version(client, name, onnx_sha, tags.get(keys.TAG_RECIPE_SHA256), extra)
+    if existing is None:
+        result = register_model(deploy_dir, name, run_id=run_id, alias=alias, tracking_uri=tracking_uri,
+                                tags={**tags, **extra})
+        return {**result, "reused": False}
+    if alias:
+        client.set_registered_model_alias(name, alias, existing.version)
+    return {"name": name, "version": str(existing.version), "run_id": existing.run_id,
+            "model_uri": f"models:/{name}/{existing.version}", "onnx_sha256": onnx_sha, "reused": True}
+
+
+def _same_version(client, name: str, onnx_sha: str, recipe_sha: str | None, extra: dict):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return None
+    for mv in sorted(versions, key=lambda v: -int(v.version)):
+        t = mv.tags or {}
+        if (t.get(keys.TAG_ONNX_SHA256) == onnx_sha and t.get(keys.TAG_RECIPE_SHA256) == recipe_sha
+                and all(t.get(str(k)) == str(v) for k, v in extra.items())):
+            return mv
+    return None
+
+
 def _parse_spec(spec: str) -> tuple[str, str | None, str | None]:
     """``NAME@ALIAS`` | ``NAME/VERSION`` | ``NAME`` -> (name, alias, version)."""
     m = re.fullmatch(r"(?P<name>[^@/]+)(?:@(?P<alias>[^@/]+)|/(?P<version>\d+))?", spec.strip())
@@ -204,6 +236,10 @@ def pull_model(spec: str, out, tracking_uri: str | None = None) -> Path:
             if want and sha != want:
                 raise UserError(f"model {spec!r}: downloaded model.onnx sha256 {sha[:12]}… differs from the "
                                 f"registered {want[:12]}…; the stored artifact is corrupt")
+            from sparse_core.safe_load import check_safe
+
+            for pt in sorted(folder.glob("*.pt")):  # a registry file is data: never one that needs full unpickling
+                check_safe(pt, f"model {spec!r}")
             (folder / SOURCE_FILE).write_text(json.dumps({
                 "name": mv.name, "version": str(mv.version), "aliases": list(mv.aliases or []),
                 "run_id": mv.run_id, "model_uri": f"models:/{mv.name}/{mv.version}", "onnx_sha256": sha,

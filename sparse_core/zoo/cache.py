@@ -1,15 +1,16 @@
 """Local cache of zoo files, keyed by sha256: ``$SPARSEPIPE_CACHE/zoo/blobs/<sha256>``.
 
-A file enters the cache only after its sha256 and size match the manifest, and it lands by ``os.replace`` from a
-temp file in the same folder, so concurrent fetches of the same stub are safe without locks: each one either
-finds the finished blob or writes an identical one. Fetched entries are assembled (hard links to the blobs) into
-``zoo/entries/<stub path>/<manifest sha256[:16]>/`` the same way: built in a temp folder, renamed into place.
+A file enters the cache only after its sha256 and size match the manifest, and every cache hit is hashed again.
+It lands by ``os.replace`` from a temp file in the same folder, so concurrent fetches of the same stub are safe
+without locks: each one either finds the finished blob or writes an identical one. Fetched entries are assembled
+(hard links to the blobs) into ``zoo/entries/<stub path>/<manifest sha256[:16]>/`` the same way: built in a temp folder, renamed into place.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -33,9 +34,10 @@ def _sha256_file(path: Path) -> tuple[str, int]:
 
 def blob(store, key: str, sha256: str, size: int, label: str) -> Path:
     """The verified local copy of ``key`` (downloaded once); a mismatch is refused and nothing is cached."""
-    blobs = cache_root() / "blobs"
-    dest = blobs / sha256
-    if dest.is_file() and dest.stat().st_size == size:
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):  # it names the cache file: never a path
+        raise UserError(f"{label}: sha256 {sha256[:80]!r} for {key}; expected 64 lowercase hex digits")
+    dest = cache_root() / "blobs" / sha256
+    if dest.is_file() and _sha256_file(dest) == (sha256, size):  # every hit re-hashed: a cache is not a proof
         return dest
     with atomic_file(dest) as tmp:  # renamed into the cache only once verified
         with open(tmp, "wb") as f:
@@ -56,13 +58,21 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def assemble(dest: Path, files: dict[str, Path], extra: dict[str, bytes], link: bool = True) -> Path:
+def _intact(dest: Path, hashes: dict[str, str]) -> bool:
+    return all((dest / rel).is_file() and _sha256_file(dest / rel)[0] == sha for rel, sha in hashes.items())
+
+
+def assemble(dest: Path, files: dict[str, Path], extra: dict[str, bytes], hashes: dict[str, str] | None = None,
+             link: bool = True) -> Path:
     """Build ``dest`` (relative path → blob, plus small extra files) in a temp sibling and rename it in.
 
-    If ``dest`` already exists (another process finished first) it is kept as is.
+    If ``dest`` already exists (another process finished first) it is kept when its files still hash to
+    ``hashes``; a tampered entry is removed and rebuilt.
     """
     if dest.is_dir():
-        return dest
+        if hashes is None or _intact(dest, hashes):
+            return dest
+        shutil.rmtree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:

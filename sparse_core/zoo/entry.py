@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -27,6 +28,7 @@ from sparse_core import __version__
 from sparse_core.atomic import atomic_dir
 from sparse_core.data.hashing import file_sha256
 from sparse_core.errors import UserError
+from sparse_core.safe_load import check_safe
 from sparse_core.tracking.redaction import redact
 from sparse_core.zoo import cache
 from sparse_core.zoo.store import open_store
@@ -35,6 +37,7 @@ from sparse_core.zoo.stub import FIELDS, Stub, parse_stub, short_name
 MANIFEST = "manifest.json"
 CHECKPOINT_NAMES = ("model.pt", "best.pt", "last.pt")
 _NOT_RECIPES = {"args.yaml", "data.yaml", "dataset.yaml", "model.md"}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def recipe_type(name: str) -> str:
@@ -165,11 +168,33 @@ def _manifest(stub: Stub, store) -> tuple[dict, bytes]:
     try:
         manifest = json.loads(raw)
         files = manifest["files"]
-        assert all({"path", "sha256", "size"} <= set(f) for f in files)
+        assert isinstance(files, list) and all(isinstance(f, dict) and {"path", "sha256", "size"} <= set(f)
+                                               for f in files)
     except (ValueError, KeyError, TypeError, AssertionError):
         raise UserError(f"{stub}: manifest in {store.uri} is not a sparsepipe zoo manifest; expected JSON with "
                         "'files' [{path, sha256, size}]") from None
+    for i, f in enumerate(files):
+        where = f"{stub}: manifest in {store.uri}: files[{i}]"
+        entry_path(f["path"], f"{where}.path")
+        if not (isinstance(f["sha256"], str) and _SHA256.fullmatch(f["sha256"])):
+            raise UserError(f"{where}.sha256: {str(f['sha256'])[:80]!r}; expected 64 lowercase hex digits")
+        if not (isinstance(f["size"], int) and not isinstance(f["size"], bool) and f["size"] >= 0):
+            raise UserError(f"{where}.size: {str(f['size'])[:40]!r}; expected a byte count (integer >= 0)")
+    listed = {f["path"] for f in files}
+    recipes = manifest.get("recipes") or {}
+    if not isinstance(recipes, dict) or any(not isinstance(v, str) or v not in listed for v in recipes.values()):
+        raise UserError(f"{stub}: manifest in {store.uri}: recipes: expected recipe type -> a path listed in 'files'")
     return manifest, raw
+
+
+def entry_path(rel, where: str) -> str:
+    """A file name from a manifest: relative, '/'-separated, no '..', no empty part, not the manifest itself."""
+    parts = rel.split("/") if isinstance(rel, str) else []
+    if (not parts or rel.startswith("/") or "\\" in rel or "\0" in rel or rel == MANIFEST
+            or any(p in ("", ".", "..") for p in parts)):
+        raise UserError(f"{where}: {str(rel)[:120]!r} escapes the entry; expected a relative path inside it "
+                        "(no '..', no leading '/')")
+    return rel
 
 
 def fetch(stub: str, out=None, zoo: str | None = None) -> Path:
@@ -188,11 +213,12 @@ def fetch(stub: str, out=None, zoo: str | None = None) -> Path:
     blobs = {}
     for f in manifest["files"]:
         rel = f["path"]
-        if rel.startswith("/") or ".." in Path(rel).parts:
-            raise UserError(f"{parsed}: manifest path {rel!r} escapes the entry; expected a relative path")
-        blobs[rel] = cache.blob(store, f"{parsed.path}/{rel}", f["sha256"], int(f["size"]), str(parsed))
+        blobs[rel] = cache.blob(store, f"{parsed.path}/{rel}", f["sha256"], f["size"], str(parsed))
+        if rel.endswith(".pt"):  # hash verified first; then refuse a checkpoint only full unpickling could read
+            check_safe(blobs[rel], str(parsed))
     digest = hashlib.sha256(raw).hexdigest()[:16]
-    entry = cache.assemble(cache.cache_root() / "entries" / parsed.path / digest, blobs, {MANIFEST: raw})
+    hashes = {f["path"]: f["sha256"] for f in manifest["files"]}
+    entry = cache.assemble(cache.cache_root() / "entries" / parsed.path / digest, blobs, {MANIFEST: raw}, hashes)
     if out is None:
         return entry
     out = Path(out)

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import BinaryIO
 
+from sparse_core import s3
 from sparse_core.atomic import atomic_file
 from sparse_core.errors import UserError
 
@@ -26,9 +27,7 @@ def zoo_uri(zoo: str | None) -> str:
 def open_store(zoo: str | None):
     uri = zoo_uri(zoo)
     if uri.startswith("s3://"):
-        bucket, _, prefix = uri[5:].partition("/")
-        if not bucket:
-            raise UserError(f"zoo {uri}: no bucket; expected s3://bucket/prefix")
+        bucket, prefix = s3.split_uri(uri, "PREFIX")
         return S3Store(uri, bucket, prefix.strip("/"))
     if "://" in uri and not uri.startswith("file://"):
         raise UserError(f"zoo {uri}: unsupported scheme; expected s3://bucket/prefix or a local folder")
@@ -64,11 +63,8 @@ class LocalStore:
 
 class S3Store:
     def __init__(self, uri: str, bucket: str, prefix: str):
-        import boto3
-
         self.uri, self.bucket, self.prefix = uri, bucket, prefix
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-        self.s3 = boto3.client("s3", region_name=region)  # AWS_ENDPOINT_URL(_S3) is read by boto3 itself
+        self.s3 = s3.client()
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key

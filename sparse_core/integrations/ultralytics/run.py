@@ -6,21 +6,22 @@ Model sources: an Ultralytics model yaml (random init, e.g. ``yolov8n.yaml``, ``
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from sparse_core.atomic import write_json
 from sparse_core.checkpoint import checkpoint_model, load_checkpoint, sparsepipe_meta
 from sparse_core.errors import UserError
 from sparse_core.integrations.ultralytics import offline
-from sparse_core.integrations.ultralytics.tracking import log_run_artifacts, training_callbacks
+from sparse_core.integrations.ultralytics.tracking import log_run_artifacts, standard_metrics, training_callbacks
 from sparse_core.integrations.ultralytics.trainer import LR_MODIFIERS, TRAINERS, SparseRun
 
 MODEL_SUFFIXES = (".yaml", ".yml", ".pt")
@@ -45,9 +46,11 @@ def _check_data(data: str | os.PathLike) -> dict:
     root = Path(cfg.get("path") or path.parent)
     if not root.is_absolute():
         root = (path.parent / root).resolve()
+    from sparse_core.data.labels import inside_root
+
     for key in ("train", "val"):
         for entry in cfg[key] if isinstance(cfg[key], list) else [cfg[key]]:
-            target = Path(entry) if Path(entry).is_absolute() else root / entry
+            target = inside_root(root, entry, f"{path}: field '{key}'")
             if not target.exists():
                 raise UserError(f"{path}: field '{key}': {target} does not exist")
             if target.is_dir() and not _has_image(target):
@@ -102,116 +105,130 @@ def _resolve_model(model: str, zoo: str | None) -> tuple[str, dict | None]:
     return model, None
 
 
-def _load_recipe(recipe: str | None, recipe_args, zoo: str | None):
-    if not recipe:
-        return None
-    from sparse_core.recipe import load_recipe
+@dataclass(frozen=True)
+class TrainOptions:
+    """Everything ``train`` takes besides model, data and recipe (the keyword arguments of ``train``)."""
 
-    if recipe.startswith("zoo:"):
-        from sparse_core.zoo import resolve_recipe
+    recipe_args: dict | str | None = None  # variable overrides (JSON text or a dict); not with a Recipe object
+    epochs: int | None = None  # when the recipe does not set them (default 100)
+    imgsz: int = 640
+    batch: int = 16
+    workers: int = 8
+    gradient_accum_steps: int = 1
+    project: str | os.PathLike = "runs/sparsepipe"
+    name: str = "train"
+    resume: str | None = None  # a sparsepipe last.pt to continue
+    seed: int = 0
+    zoo: str | None = None  # zoo URI for zoo: model / recipe / teacher stubs
+    plots: bool = True
+    device: str | None = None
+    extra_args: dict[str, Any] | None = None  # more Ultralytics trainer overrides
+    meta: dict | None = None  # stored in every checkpoint's sparsepipe metadata
+    callbacks: list | None = None  # (event, fn) pairs
+    mlflow: str | None = None  # tracking URI; None = $MLFLOW_TRACKING_URI
+    experiment: str = "sparsepipe"
+    parent_run_id: str | None = None
+    teacher: str | None = None  # distillation: a checkpoint path, zoo: stub, 'self' or 'disable'
+    track: bool = True  # False: open no MLflow run (a pipeline step records the training in its own run)
 
-        recipe = str(resolve_recipe(recipe, zoo=zoo))
-    return load_recipe(recipe, recipe_args)
 
+def train(model: str | None = None, data: str | None = None, recipe=None, **options) -> dict:
+    """Train with an optional recipe (a path, ``zoo:`` stub or text, or an already loaded ``Recipe``); returns
+    (and writes) the run summary. ``options``: the fields of ``TrainOptions``.
 
-def train(
-    model: str | None = None,
-    data: str | None = None,
-    recipe: str | None = None,
-    recipe_args: dict | str | None = None,
-    epochs: int | None = None,
-    imgsz: int = 640,
-    batch: int = 16,
-    workers: int = 8,
-    gradient_accum_steps: int = 1,
-    project: str | os.PathLike = "runs/sparsepipe",
-    name: str = "train",
-    resume: str | None = None,
-    seed: int = 0,
-    zoo: str | None = None,
-    plots: bool = True,
-    device: str | None = None,
-    extra_args: dict[str, Any] | None = None,
-    meta: dict | None = None,
-    callbacks: list | None = None,
-    mlflow: str | None = None,
-    experiment: str = "sparsepipe",
-    parent_run_id: str | None = None,
-    teacher: str | None = None,
-) -> dict:
-    """Train with an optional recipe; returns (and writes) the run summary.
-
-    ``teacher`` (distillation modifiers): a checkpoint path, ``zoo:`` stub, ``self`` or ``disable``.
-
-    With ``mlflow`` (or ``MLFLOW_TRACKING_URI``) set, the run is recorded in MLflow and its id stored in every
-    checkpoint, so export/register later log into the same run.
+    With ``mlflow`` (or ``MLFLOW_TRACKING_URI``) set and ``track`` on, the run is recorded in MLflow and its id
+    stored in every checkpoint, so export/register later log into the same run.
     """
+    opts = TrainOptions(**options)
     offline.make_offline()
-    if resume:
-        return _resume(resume, data=data, workers=workers, callbacks=callbacks, mlflow=mlflow)
-    if model is None or data is None:
-        raise UserError("train needs --model and --data (or --resume CKPT)")
-    if batch is None or batch < 1:
-        raise UserError(f"--batch {batch}: expected a positive integer")
-    if epochs is not None and epochs < 1:
-        raise UserError(f"--epochs {epochs}: expected a positive integer")
-    if gradient_accum_steps < 1:
-        raise UserError(f"--gradient-accum-steps {gradient_accum_steps}: expected a positive integer")
-    if imgsz < 32:
-        raise UserError(f"--imgsz {imgsz}: expected at least 32")
+    if opts.resume:
+        return _resume(opts.resume, data=data, workers=opts.workers, callbacks=opts.callbacks, mlflow=opts.mlflow)
+    _check_options(model, data, opts)
     _check_data(data)
     base = model
-    model, ckpt = _resolve_model(model, zoo)
+    model, ckpt = _resolve_model(model, opts.zoo)
     if ckpt is not None and sparsepipe_meta(ckpt).get("quantized"):
         # Ultralytics rebuilds the float model from its yaml and copies matching weights: BN (moved into the QAT
         # ConvBn2d) and the quantization grid would be silently lost
         raise UserError(f"--model {model}: is a quantized (QAT) checkpoint; start new training from the float "
                         "checkpoint before QAT, or continue this run with --resume")
     task = _model_task(model, ckpt)
-    rec = _load_recipe(recipe, recipe_args, zoo)
-    recipe_epochs = rec.num_epochs() if rec is not None else None
-    n_epochs = math.ceil(recipe_epochs) if recipe_epochs else (epochs or 100)
-    save_dir = (Path(project) / name).resolve()
+    rec = _recipe(recipe, opts)
+    from sparse_core.distillation import resolve_spec
+
+    teacher = resolve_spec(opts.teacher, opts.zoo)
+    run_meta = {"base": base, **(opts.meta or {}), **({"teacher": teacher} if teacher else {})}
+    if ckpt is not None and sparsepipe_meta(ckpt).get("sparseml_source"):  # lineage of an imported SparseML model
+        run_meta["sparseml_source"] = sparsepipe_meta(ckpt)["sparseml_source"]
+    tracker = _start_tracker(opts.mlflow if opts.track else False, opts.experiment, opts.name, opts.parent_run_id,
+                             rec, data, run_meta)
+    params = {"base": base, "data_hash": run_meta.get("data_hash"), "recipe_args": rec.args if rec else None,
+              "gradient_accum_steps": opts.gradient_accum_steps}
+    sparse = SparseRun(recipe=rec, seed=opts.seed, meta=run_meta, teacher=teacher,
+                       callbacks=[*training_callbacks(tracker, rec, params), *(opts.callbacks or [])])
+    save_dir = (Path(opts.project) / opts.name).resolve()
     fresh = not save_dir.exists()
+    args = _trainer_args(model, data, task, rec, save_dir, opts)
+    return _run(TRAINERS[task](overrides=args, sparse=sparse), save_dir, tracker, remove_on_failure=fresh)
+
+
+def _check_options(model, data, opts: TrainOptions) -> None:
+    if model is None or data is None:
+        raise UserError("train needs --model and --data (or --resume CKPT)")
+    if opts.batch is None or opts.batch < 1:
+        raise UserError(f"--batch {opts.batch}: expected a positive integer")
+    if opts.epochs is not None and opts.epochs < 1:
+        raise UserError(f"--epochs {opts.epochs}: expected a positive integer")
+    if opts.gradient_accum_steps < 1:
+        raise UserError(f"--gradient-accum-steps {opts.gradient_accum_steps}: expected a positive integer")
+    if opts.imgsz < 32:
+        raise UserError(f"--imgsz {opts.imgsz}: expected at least 32")
+
+
+def _recipe(recipe, opts: TrainOptions):
+    """The Recipe to train with: the one given (parsed once by the caller), else loaded from its source."""
+    from sparse_core.recipe import Recipe, load_recipe
+
+    if isinstance(recipe, Recipe):
+        if opts.recipe_args:
+            raise UserError("recipe_args given with an already loaded recipe; expected them applied when loading it")
+        return recipe
+    return load_recipe(recipe, opts.recipe_args, zoo=opts.zoo) if recipe else None
+
+
+def _trainer_args(model: str, data: str, task: str, rec, save_dir: Path, opts: TrainOptions) -> dict:
+    """Ultralytics trainer overrides."""
+    recipe_epochs = rec.num_epochs() if rec is not None else None
     args = {
         "model": model,
         "data": str(Path(data).resolve()),
         "task": task,
-        "epochs": n_epochs,
-        "imgsz": imgsz,
-        "batch": batch,
-        "workers": workers,
-        "nbs": batch * gradient_accum_steps,  # Ultralytics accumulates round(nbs / batch) batches per step
+        "epochs": math.ceil(recipe_epochs) if recipe_epochs else (opts.epochs or 100),
+        "imgsz": opts.imgsz,
+        "batch": opts.batch,
+        "workers": opts.workers,
+        "nbs": opts.batch * opts.gradient_accum_steps,  # Ultralytics accumulates round(nbs / batch) batches a step
         "save_dir": str(save_dir),
         "exist_ok": True,
-        "seed": seed,
+        "seed": opts.seed,
         "deterministic": True,
-        "plots": plots,
-        "device": device or ("0" if _cuda() else "cpu"),
+        "plots": opts.plots,
+        "device": opts.device or ("0" if _cuda() else "cpu"),
         "verbose": False,
     }
     if rec is not None and rec.of_type(*LR_MODIFIERS):
         # The recipe owns the learning rate: plain SGD, no Ultralytics warmup fighting its schedule.
         args.update(optimizer="SGD", warmup_epochs=0)
-    args.update(extra_args or {})
-    from sparse_core.distillation import resolve_spec
-
-    teacher = resolve_spec(teacher, zoo)
-    run_meta = {"base": base, **(meta or {}), **({"teacher": teacher} if teacher else {})}
-    if ckpt is not None and sparsepipe_meta(ckpt).get("sparseml_source"):  # lineage of an imported SparseML model
-        run_meta["sparseml_source"] = sparsepipe_meta(ckpt)["sparseml_source"]
-    tracker = _start_tracker(mlflow, experiment, name, parent_run_id, rec, data, run_meta)
-    params = {"base": base, "data_hash": run_meta.get("data_hash"), "recipe_args": rec.args if rec else None,
-              "gradient_accum_steps": gradient_accum_steps}
-    sparse = SparseRun(recipe=rec, seed=seed, meta=run_meta, teacher=teacher,
-                       callbacks=[*training_callbacks(tracker, rec, params), *(callbacks or [])])
-    return _run(TRAINERS[task](overrides=args, sparse=sparse), save_dir, tracker, remove_on_failure=fresh)
+    args.update(opts.extra_args or {})
+    return args
 
 
 def _start_tracker(uri, experiment, name, parent_run_id, rec, data, run_meta, run_id=None):
     from sparse_core.tracking import Tracker, disable_ultralytics_mlflow, lineage_tags
 
     disable_ultralytics_mlflow()
+    if uri is False:  # tracking off: the caller records the run (and $MLFLOW_TRACKING_URI must not reopen one)
+        return Tracker()
     tracker = Tracker.start(uri, experiment=experiment, run_name=name, run_id=run_id, parent_run_id=parent_run_id)
     if tracker.enabled:
         if not run_meta.get("data_hash") and data:
@@ -292,12 +309,8 @@ def _train_and_summarise(trainer, save_dir: Path) -> dict:
     from sparse_core.sparsity import weight_sparsity
 
     overall, per_layer = weight_sparsity(model)
-    metrics = {k: float(v) for k, v in (trainer.metrics or {}).items() if isinstance(v, (int, float))}
     summary = {
-        "map50": metrics.get("metrics/mAP50(B)", 0.0),
-        "map50_95": metrics.get("metrics/mAP50-95(B)", 0.0),
-        "precision": metrics.get("metrics/precision(B)", 0.0),
-        "recall": metrics.get("metrics/recall(B)", 0.0),
+        **standard_metrics(trainer.metrics or {}, trainer.args.task),
         "epochs": int(trainer.epochs),
         "sparsity": overall,
         "layer_sparsity": per_layer,
@@ -309,19 +322,10 @@ def _train_and_summarise(trainer, save_dir: Path) -> dict:
         "weights": {"best": str(trainer.best), "last": str(trainer.last)},
         "save_dir": str(save_dir),
     }
-    if trainer.args.task == "segment":
-        summary["mask_map50"] = metrics.get("metrics/mAP50(M)", 0.0)
-        summary["mask_map50_95"] = metrics.get("metrics/mAP50-95(M)", 0.0)
     plot_layer_sparsity(per_layer, save_dir / "layer_sparsity.png")
     plot_sparsity_over_epochs(trainer.sparsity_history, save_dir / "sparsity_over_epochs.png")
-    _write_json(save_dir / "summary.json", summary)
+    write_json(save_dir / "summary.json", summary)
     return summary
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 def val(weights: str, data: str | None = None, imgsz: int | None = None, batch: int = 16, plots: bool = False,
@@ -329,9 +333,10 @@ def val(weights: str, data: str | None = None, imgsz: int | None = None, batch: 
     """Evaluate a checkpoint (.pt) or an exported model (.onnx / deployment folder) with Ultralytics' metrics."""
     offline.make_offline()
     path = Path(weights)
-    if path.is_dir():
+    openvino_ir = path.is_dir() and path.name.endswith("_openvino_model")  # written by sparse_core.onnx_val
+    if path.is_dir() and not openvino_ir:
         path = path / "model.onnx"
-    if not path.is_file():
+    if not (path.is_file() or openvino_ir):
         raise UserError(f"{weights}: model not found")
     task = "detect"
     deploy_cfg = {}
@@ -343,10 +348,12 @@ def val(weights: str, data: str | None = None, imgsz: int | None = None, batch: 
         task = _model_task(str(path), ckpt)
         imgsz = imgsz or sparsepipe_meta(ckpt).get("imgsz") or ckpt.get("train_args", {}).get("imgsz") or 640
         data = data or ckpt.get("train_args", {}).get("data")
-    elif path.suffix == ".onnx":
-        if (path.parent / "data.yaml").is_file():
-            deploy_cfg = yaml.safe_load((path.parent / "data.yaml").read_text()) or {}
-        _check_onnx(path)
+    elif path.suffix == ".onnx" or openvino_ir:
+        cfg_file = path / "data.yaml" if openvino_ir else path.parent / "data.yaml"
+        if cfg_file.is_file():
+            deploy_cfg = yaml.safe_load(cfg_file.read_text()) or {}
+        if not openvino_ir:
+            _check_onnx(path)
         task = deploy_cfg.get("task", task)
         imgsz = imgsz or deploy_cfg.get("imgsz") or 640
         batch = 1  # exported graphs have a static batch
@@ -364,17 +371,4 @@ def val(weights: str, data: str | None = None, imgsz: int | None = None, batch: 
     with tempfile.TemporaryDirectory(prefix="sparsepipe-val-") as tmp:  # Ultralytics' validator wants a save_dir
         validator = validator_cls(args={**args, "save_dir": tmp})
         results = validator(model=str(path))
-    metrics = {k: float(v) for k, v in results.items() if isinstance(v, (int, float))}
-    out = {
-        "map50": metrics.get("metrics/mAP50(B)", 0.0),
-        "map50_95": metrics.get("metrics/mAP50-95(B)", 0.0),
-        "precision": metrics.get("metrics/precision(B)", 0.0),
-        "recall": metrics.get("metrics/recall(B)", 0.0),
-        "task": task,
-        "imgsz": int(imgsz),
-        "weights": str(path),
-    }
-    if task == "segment":
-        out["mask_map50"] = metrics.get("metrics/mAP50(M)", 0.0)
-        out["mask_map50_95"] = metrics.get("metrics/mAP50-95(M)", 0.0)
-    return out
+    return {**standard_metrics(results, task), "task": task, "imgsz": int(imgsz), "weights": str(path)}

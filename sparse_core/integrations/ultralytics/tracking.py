@@ -19,6 +19,14 @@ ULTRA_TO_STD = {
     "metrics/precision(B)": "precision",
     "metrics/recall(B)": "recall",
 }
+
+
+def standard_metrics(metrics: dict, task: str) -> dict[str, float]:
+    """Ultralytics validator metrics -> map50, map50_95, precision, recall (+ mask_* for segment); 0.0 if missing."""
+    std = {ULTRA_TO_STD[k]: float(v) for k, v in metrics.items() if k in ULTRA_TO_STD and isinstance(v, (int, float))}
+    return {k: std.get(k, 0.0) for k in ULTRA_TO_STD.values() if task == "segment" or not k.startswith("mask_")}
+
+
 TRAIN_ARG_KEYS = ("model", "data", "epochs", "imgsz", "batch", "nbs", "workers", "optimizer", "lr0", "lrf",
                   "momentum", "weight_decay", "warmup_epochs", "seed", "deterministic", "device", "task")
 

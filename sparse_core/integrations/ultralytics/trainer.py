@@ -27,11 +27,14 @@ import torch
 
 from sparse_core import progress
 from sparse_core.checkpoint import save_atomic
+from sparse_core.safe_load import guard_ultralytics, load_pt
 from sparse_core.integrations.ultralytics import offline  # noqa: F401  (sets YOLO_OFFLINE before ultralytics)
 from sparse_core.integrations.ultralytics import qat  # QuantizationModifier wiring (EMA, AMP) — issue 3/8
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.utils.torch_utils import unwrap_model
+
+guard_ultralytics()  # Ultralytics' own checkpoint reads (setup, resume, strip_optimizer) go through load_pt
 
 LR_MODIFIERS = ("LearningRateFunctionModifier", "SetLearningRateModifier", "LearningRateModifier")
 
@@ -120,7 +123,7 @@ class SparseTrainerMixin:
             saved = super().save_model()
             for tmp, final in ((self.last, last), (self.best, best)):
                 if tmp.exists():
-                    ckpt = torch.load(tmp, map_location="cpu", weights_only=False)
+                    ckpt = load_pt(tmp)
                     ckpt["sparsepipe"] = self.sparse_meta(full_state=final == last)
                     save_atomic(ckpt, final)
             return saved
@@ -222,7 +225,7 @@ def _train_end(trainer) -> None:
         trainer.manager.finalize()
     for path in (trainer.last, trainer.best):
         if path.exists():
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+            ckpt = load_pt(path)
             meta = ckpt.get("sparsepipe") or {}
             if "train_state" in meta:
                 meta.pop("train_state")

@@ -1,7 +1,10 @@
 """The ``sparsepipe`` console script.
 
-Each subcommand lives in its own module exposing ``register(subparsers)``; that module adds its parser and sets
-``func`` (called with the parsed args, returns an exit code). Modules are imported lazily so ``sparsepipe --help``
+This package is the whole command line of ``sparse_core``: one module per command (``recipe``, ``train`` (+ ``val``),
+``export``, ``benchmark``, ``data``, ``zoo``, ``models``, ``sparseml`` (``import``), ``baseline``), each exposing
+``register(subparsers)``, which adds its parser and sets ``func`` (called with the parsed args, returns an exit
+code). The library modules they call never parse arguments. ``pipeline`` and ``cluster`` live in ``pipelines/``
+(they need kfp and kubernetes, which ``sparse_core`` never imports). Modules are imported lazily so ``sparsepipe --help``
 stays fast and a broken optional dependency only breaks its own command.
 
 One error path for every command (``run_command``): bad input (a ``UserError``, an argparse error, a user path that
@@ -28,18 +31,18 @@ from sparse_core.errors import UserError  # noqa: E402
 # subcommand name -> module that registers it. "pipeline" and "cluster" live beside the pipelines (they need kfp and
 # kubernetes): this mapping names them as strings for importlib, and sparse_core never imports them.
 COMMANDS = {
-    "recipe": "sparse_core.recipe.cli",
-    "train": "sparse_core.integrations.ultralytics.cli",
-    "val": "sparse_core.integrations.ultralytics.cli",
-    "export": "sparse_core.export.cli",
-    "benchmark": "sparse_core.bench.cli",
-    "data": "sparse_core.data.cli",
-    "zoo": "sparse_core.zoo.cli",
-    "models": "sparse_core.tracking.cli",
+    "recipe": "sparse_core.cli.recipe",
+    "train": "sparse_core.cli.train",
+    "val": "sparse_core.cli.train",
+    "export": "sparse_core.cli.export",
+    "benchmark": "sparse_core.cli.benchmark",
+    "data": "sparse_core.cli.data",
+    "zoo": "sparse_core.cli.zoo",
+    "models": "sparse_core.cli.models",
     "pipeline": "pipelines.cli",
     "cluster": "pipelines.cluster",
-    "import": "sparse_core.sparseml_compat.cli",
-    "baseline": "sparse_core.baseline",
+    "import": "sparse_core.cli.sparseml",
+    "baseline": "sparse_core.cli.baseline",
 }
 # OS errors on a path the user named are bad input, not a bug in sparsepipe
 _USER_OS_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)

@@ -30,6 +30,8 @@ def register(sub) -> None:
     p.add_argument("--experiment", default="sparsepipe", help="MLflow experiment name")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="skip Ultralytics' plots")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="fully unpickle a local .pt the safe loader refuses (only files you trust: it can run code)")
     yolact = p.add_argument_group("YOLACT-style COCO inputs (seed 003); prepared into an Ultralytics segment set")
     for flag in ("--train_info", "--validation_info", "--train_images", "--validation_images"):
         yolact.add_argument(flag, help=argparse.SUPPRESS if flag != "--train_info" else
@@ -42,7 +44,13 @@ def register(sub) -> None:
     v.add_argument("--imgsz", type=int)
     v.add_argument("--batch", type=int, default=16)
     v.add_argument("--device")
+    v.add_argument("--engine", choices=("onnxruntime", "openvino"), default=None,
+                   help="runtime for an exported model: onnxruntime (default) or openvino (mAP of an OpenVINO deployment)")
+    v.add_argument("--precision", choices=("f32", "bf16", "f16"), default=None,
+                   help="OpenVINO inference precision (default: OpenVINO's own, bf16 on AVX512_BF16/AMX CPUs)")
     v.add_argument("--json", action="store_true")
+    v.add_argument("--trust-checkpoint", action="store_true",
+                   help="fully unpickle a local .pt the safe loader refuses (only files you trust: it can run code)")
     v.set_defaults(func=_val)
 
 
@@ -79,22 +87,39 @@ def _yolact_data(args: argparse.Namespace) -> str:
 
 def _train(args: argparse.Namespace) -> int:
     from sparse_core.integrations.ultralytics import train
+    from sparse_core.safe_load import trusting
 
     if any(getattr(args, k) for k in ("train_info", "validation_info", "train_images", "validation_images")):
         args.data = _yolact_data(args)
-    summary = train(model=args.model, data=args.data, recipe=args.recipe, recipe_args=args.recipe_args,
-                    epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, workers=args.workers,
-                    gradient_accum_steps=args.gradient_accum_steps, project=args.project, name=args.name,
-                    resume=args.resume, seed=args.seed, zoo=args.zoo, plots=args.plots, device=args.device,
-                    mlflow=args.mlflow, experiment=args.experiment, teacher=args.teacher)
+    with trusting([args.model, args.teacher, args.resume], args.trust_checkpoint):
+        summary = train(model=args.model, data=args.data, recipe=args.recipe, recipe_args=args.recipe_args,
+                        epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, workers=args.workers,
+                        gradient_accum_steps=args.gradient_accum_steps, project=args.project, name=args.name,
+                        resume=args.resume, seed=args.seed, zoo=args.zoo, plots=args.plots, device=args.device,
+                        mlflow=args.mlflow, experiment=args.experiment, teacher=args.teacher)
     _print(summary, args.json)
     return 0
 
 
 def _val(args: argparse.Namespace) -> int:
+    from sparse_core.errors import UserError
     from sparse_core.integrations.ultralytics import val
+    from sparse_core.safe_load import trusting
 
-    _print(val(args.weights, data=args.data, imgsz=args.imgsz, batch=args.batch, device=args.device), args.json)
+    if args.engine or args.precision:
+        if str(args.weights).endswith(".pt"):
+            raise UserError(f"--engine/--precision: {args.weights} is a checkpoint; expected an exported .onnx or "
+                            "deployment folder (export it with `sparsepipe export`)")
+        if not args.data:
+            raise UserError("val needs --data D.yaml")
+        from sparse_core.onnx_val import val_onnx
+
+        _print(val_onnx(args.weights, args.data, imgsz=args.imgsz, batch=None, engine=args.engine or "onnxruntime",
+                        precision=args.precision), args.json)
+        return 0
+    with trusting([args.weights], args.trust_checkpoint):
+        result = val(args.weights, data=args.data, imgsz=args.imgsz, batch=args.batch, device=args.device)
+    _print(result, args.json)
     return 0
 
 

@@ -30,6 +30,8 @@ def register(subparsers) -> None:
     check.add_argument("--model", default=None, help="Ultralytics model yaml (yolov8n.yaml, yolov8n-seg.yaml) or .pt")
     check.add_argument("--strict", action="store_true", help="selectors that match nothing are errors")
     check.add_argument("--json", action="store_true", help="print one JSON object (last stdout line)")
+    check.add_argument("--trust-checkpoint", action="store_true",
+                       help="fully unpickle a local .pt the safe loader refuses (only files you trust: it can run code)")
     check.set_defaults(func=run_check)
     resolve = sub.add_parser("resolve", help="print the resolved recipe (overrides applied, eval done) as YAML")
     resolve.add_argument("recipe")
@@ -58,10 +60,14 @@ def load_model(spec: str):
     """A torch model for selector matching: Ultralytics yaml (built, random init) or a checkpoint."""
     import torch  # noqa: F401  (heavy; only with --model)
 
+    from sparse_core.safe_load import guard_ultralytics
+
+    guard_ultralytics()  # a model yaml is data too: Ultralytics parses its activation without eval()
+
     if spec.endswith((".pt", ".pth")):
         from sparse_core.checkpoint import checkpoint_model, load_checkpoint
 
-        return checkpoint_model(load_checkpoint(spec))
+        return checkpoint_model(load_checkpoint(spec))  # safe load; run_check scopes --trust-checkpoint
     if not spec.endswith((".yaml", ".yml")):
         raise UserError(f"--model: {spec}: expected an Ultralytics model .yaml (e.g. yolov8n.yaml) or a .pt checkpoint")
     from ultralytics.nn.tasks import DetectionModel, SegmentationModel
@@ -130,7 +136,10 @@ def run_check(args: argparse.Namespace) -> int:
     warnings: list[str] = []
     model_info = None
     if args.model:
-        model = load_model(args.model)
+        from sparse_core.safe_load import trusting
+
+        with trusting([args.model], args.trust_checkpoint):
+            model = load_model(args.model)
         reports, warnings = selector_report(recipe, model)
         from sparse_core.modifiers.selectors import prunable_names
 
