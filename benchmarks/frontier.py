@@ -5,30 +5,25 @@ For each base model (YOLOv8n, YOLOv8s; ``--quick``: YOLOv8n only) on ``sparsepip
 2. variants from the dense ``last.pt``: the OpenVINO INT8 post-training baseline (``sparse_core.baseline``) and
    structured 50/65/75% of the channels distilled from the dense model (``structured_kd_50/75.yaml``,
    ``--teacher``), each with and without the INT8 QAT stage (``structured_kd_qat.yaml``, distilled too);
-3. every variant exported twice: at the training size for mAP50-95 (onnxruntime, and OpenVINO where ``onnx_val``
-   takes ``engine='openvino'``), and at 640 px for speed on each engine (``--engines``; ``deepsparse`` when it is
-   importable or ``$SPARSEPIPE_DEEPSPARSE_PYTHON`` names its side venv's python);
+3. every variant exported twice: at the training size for mAP50-95 on onnxruntime and OpenVINO
+   (``sparse_core.onnx_val``), and at 640 px for speed on each engine (``--engines``);
 4. one MLflow run per variant (``--mlflow``, default a sqlite store in the work folder), a Pareto plot (mAP50-95 vs
    images/s, one panel per engine, the baseline marked) and a markdown table (``benchmarks/results/frontier.md``).
 
-Engines are taken by name: ``sparse_core.bench.benchmark`` measures those it knows; OpenVINO falls back to a direct
-``openvino`` loop (compiled at its default precision) until the bench module has it.
+Engines are taken by name and measured by ``sparse_core.bench.benchmark`` (OpenVINO at its default precision;
+DeepSparse through its side venv, ``make deepsparse-venv``, when it exists).
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import platform
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -110,84 +105,24 @@ def deployments(args, work: Path, data: Path, base: str, variant: str, spec: dic
 # ---------------------------------------------------------------------------------------------------- measuring
 
 
-def accuracy(folder: Path, data: Path, engine: str) -> float | None:
-    """mAP50-95 of an exported model on ``engine`` (onnx_val's; OpenVINO directly while onnx_val lacks it)."""
+def accuracy(folder: Path, data: Path, engine: str) -> float:
+    """mAP50-95 of an exported model on ``engine`` (``sparse_core.onnx_val``, OpenVINO at its default precision)."""
     from sparse_core.onnx_val import val_onnx
 
-    if engine == "onnxruntime" or "engine" in inspect.signature(val_onnx).parameters:
-        kw = {} if engine == "onnxruntime" else {"engine": engine}
-        return float(val_onnx(folder, data / "data.yaml", **kw)["map50_95"])
-    if engine == "openvino":
-        return _openvino_map(folder, data)
-    return None
-
-
-def _openvino_map(folder: Path, data: Path) -> float:
-    """Ultralytics' own OpenVINO route: the ONNX file as IR in a ``*_openvino_model`` folder with its metadata,
-    validated by ``YOLO(folder).val`` (OpenVINO at its default precision)."""
-    import openvino as ov
-    import onnx
-    import yaml
-    from ultralytics import YOLO
-
-    proto = onnx.load(str(folder / "model.onnx"))
-    meta = {p.key: p.value for p in proto.metadata_props}
-    imgsz = proto.graph.input[0].type.tensor_type.shape.dim[2].dim_value
-    with tempfile.TemporaryDirectory(prefix="frontier-ov-") as tmp:
-        ir = Path(tmp) / "model_openvino_model"
-        ir.mkdir()
-        ov.save_model(ov.convert_model(str(folder / "model.onnx")), str(ir / "model.xml"), compress_to_fp16=False)
-        (ir / "metadata.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
-        metrics = YOLO(str(ir), task=meta.get("task", "detect")).val(
-            data=str(data / "data.yaml"), imgsz=imgsz, batch=1, device="cpu", plots=False, verbose=False,
-            project=tmp, name="val")
-    return float(metrics.box.map)
-
-
-def _openvino_speed(folder: Path, threads: int, seconds: float) -> dict:
-    import openvino as ov
-
-    core = ov.Core()
-    compiled = core.compile_model(core.read_model(str(folder / "model.onnx")), "CPU",
-                                  {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
-    req = compiled.create_infer_request()
-    shape = [int(d) for d in compiled.input(0).get_shape()]
-    x = np.random.default_rng(0).random(shape, dtype=np.float32)
-    for _ in range(5):
-        req.infer({0: x})
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        req.infer({0: x})
-        n += 1
-    precision = compiled.get_property("INFERENCE_PRECISION_HINT")  # the CPU plugin's default: bf16 where supported
-    return {"images_per_s": n * shape[0] / (time.perf_counter() - t0),
-            "precision": getattr(precision, "get_type_name", lambda: str(precision))(),
-            "engine_version": ov.__version__}
-
-
-def _side_venv_speed(folder: Path, engine: str, threads: int, seconds: float) -> dict | None:
-    py = os.environ.get("SPARSEPIPE_DEEPSPARSE_PYTHON", "")
-    if not (py and Path(py).is_file()):
-        return None
-    cmd = [py, "-m", "sparse_core.cli", "benchmark", str(folder), "--engine", engine, "--threads", str(threads),
-           "--seconds", str(seconds), "--json"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=900)
-    return json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else None
+    return float(val_onnx(folder, data / "data.yaml", engine=engine)["map50_95"])
 
 
 def speed(folder: Path, engine: str, threads: int, seconds: float) -> dict | None:
-    """images/s of ``folder`` on ``engine`` (None when the engine is not available here): ``sparse_core.bench``
-    for the engines it has; else OpenVINO directly, DeepSparse through its side venv."""
+    """images/s of ``folder`` on ``engine`` (``sparse_core.bench``); None for DeepSparse without its side venv."""
     from sparse_core.bench import benchmark
     from sparse_core.errors import UserError
 
     try:
-        return benchmark(str(folder), engine=engine, threads=threads, seconds=seconds, warmup=5)
-    except UserError:
-        if engine == "openvino":
-            return _openvino_speed(folder, threads, seconds)
+        return benchmark(str(folder), engine=engine, threads=threads, seconds=seconds, warmup=5, profile_runs=0)
+    except UserError as err:
         if engine == "deepsparse":
-            return _side_venv_speed(folder, engine, threads, seconds)
+            log(f"deepsparse: not measured ({str(err)[:160]})")
+            return None
         raise
 
 
