@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export YOLO_OFFLINE := 1
 export SPARSEPIPE_HOME ?= $(CURDIR)/.sparsepipe
 
-.PHONY: install services test demo bench clean sparseml-venv deepsparse-venv
+.PHONY: install services test demo bench bench-quick bench-speed clean sparseml-venv deepsparse-venv
 
 install: $(STAMP)
 	@# Debian chromium: the MLflow UI compare-page test renders the page headless (~80 s to apt-get once, as root)
@@ -33,7 +33,16 @@ services:
 demo: install
 	$(BIN)/python -m pipelines.demo $(if $(VERBOSE),--verbose)
 
+# The accuracy/speed frontier on the hard data set (benchmarks/frontier.py -> benchmarks/results/frontier.md/.png):
+# dense YOLOv8n/s, the OpenVINO INT8 baseline, structured 50/65/75% + KD with and without QAT, on each engine.
+# bench-quick: YOLOv8n, tiny data and epochs, 50/75% (<= 15 min on 2 cores); bench-speed: the older speed-only run.
 bench: install deepsparse-venv
+	$(BIN)/python benchmarks/frontier.py $(BENCH_ARGS)
+
+bench-quick: install deepsparse-venv
+	$(BIN)/python benchmarks/frontier.py --quick $(BENCH_ARGS)
+
+bench-speed: install deepsparse-venv
 	$(BIN)/python benchmarks/speed.py
 
 # DeepSparse 1.8 needs numpy<2: its own venv (gitignored), driven by `benchmark --engine deepsparse` in a subprocess

@@ -135,6 +135,20 @@ def _close_parent(summary: dict, failed: bool, cause: str) -> None:
     except UserError as err:
         summary["mlflow_warning"] = str(err)
     summary["steps"] = step_summary(summary["mlflow_uri"], summary["parent_run_id"])
+    summary["mlflow_ui"] = _ui_link(summary["mlflow_uri"], summary["parent_run_id"])
+
+
+def _ui_link(mlflow_uri: str, parent_run_id: str) -> str:
+    """The parent run's page in the MLflow UI (http servers only; '' for a file or sqlite store)."""
+    from sparse_core.tracking.connection import connect
+    from sparse_core.tracking.rollup import ui_url
+
+    if not mlflow_uri.startswith(("http://", "https://")):
+        return ""
+    try:
+        return ui_url(mlflow_uri, connect(mlflow_uri).get_run(parent_run_id).info.experiment_id, parent_run_id)
+    except Exception:  # noqa: BLE001 - a link is a convenience
+        return ""
 
 
 def step_summary(mlflow_uri: str, parent_run_id: str) -> list[dict]:

@@ -26,7 +26,7 @@ from sparse_core.errors import UserError
 from sparse_core.integrations.ultralytics.stage import StageInputs, TrainSettings
 from sparse_core.step_cache import cached, link_or_copy
 from sparse_core.tracking.lineage import file_sha256
-from sparse_core.tracking.record import bench_metrics, bench_params
+from sparse_core.tracking.record import bench_metrics, bench_params, engine_accuracy
 from sparse_core.tracking.step_run import (  # noqa: F401  (re-exported: components and the pipeline CLI use them)
     ERRORS_ENV,
     TAG_CACHE,
@@ -445,7 +445,8 @@ def register_model(model: str, benchmark: str, name: str, alias: str = "candidat
         summary = _summary(deploy)
         metrics = {k: summary[k] for k in ("map50", "map50_95", "mask_map50", "mask_map50_95", "sparsity")
                    if isinstance(summary.get(k), (int, float))}
-        tracker.log_metrics({**metrics, **bench_metrics(_read_json(Path(benchmark), "benchmark result"))})
+        tracker.log_metrics({**metrics, **bench_metrics(_read_json(Path(benchmark), "benchmark result")),
+                             **engine_accuracy(deploy)})
         lineage = _deploy_lineage(tracker, deploy, summary)
         tracker.set_tags({**lineage, **{str(k): str(v) for k, v in extra.items()}})
         tracker.flush(timeout=60)
@@ -456,13 +457,19 @@ def register_model(model: str, benchmark: str, name: str, alias: str = "candidat
 
 
 def select_champion(name: str, metric: str = "images_per_s", constraint: str = "map50>=0.9*dense",
-                    higher_is_better: bool = True, ctx: StepContext = StepContext()) -> dict:
+                    higher_is_better: bool = True, ctx: StepContext = StepContext(),
+                    max_map_drop: float = -1.0) -> dict:
     """Move alias ``champion`` of ``name`` to the best version by ``metric`` among those meeting ``constraint``
+    and, when ``max_map_drop`` >= 0, losing at most that many mAP50-95 points against the dense model
     (``sparse_core.tracking.registry.promote_champion``)."""
-    params = {"name": name, "metric": metric, "constraint": constraint, "higher_is_better": higher_is_better}
-    with step_run(ctx.named("select_champion"), params, ctx) as tracker:
-        from sparse_core.tracking import registry
+    from sparse_core.tracking import registry
 
+    if float(max_map_drop) >= 0:
+        budget = registry.map_drop_constraint(float(max_map_drop))
+        constraint = f"{constraint}, {budget}" if constraint else budget
+    params = {"name": name, "metric": metric, "constraint": constraint, "higher_is_better": higher_is_better,
+              "max_map_drop": max_map_drop}
+    with step_run(ctx.named("select_champion"), params, ctx) as tracker:
         if not tracker.enabled:
             raise UserError("select_champion: no MLflow tracking URI; set mlflow_uri or MLFLOW_TRACKING_URI")
         result = registry.promote_champion(name, metric, higher_is_better=_bool(higher_is_better),

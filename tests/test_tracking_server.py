@@ -6,13 +6,9 @@ The sqlite default store (no server) is covered in test_tracking.py."""
 from __future__ import annotations
 
 import hashlib
-import html
 import json
 import logging
 import os
-import re
-import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -27,6 +23,7 @@ import pytest
 from mlflow import MlflowClient
 from onnx import TensorProto, helper, numpy_helper
 
+from browser import chromium as _chromium, page_lines as _page_lines
 from mlflow_server import S3_KEY_ID, S3_SECRET, MlflowServer
 from servers import free_ports, start_seaweedfs
 from sparse_core.errors import UserError
@@ -302,30 +299,6 @@ def test_no_secret_in_params_tags_artifacts_or_logs(server, s3, tmp_path, monkey
     leaks = [(where, s) for where, text in texts.items() for s in secrets if s in text]
     assert not leaks, leaks
     assert "***" in texts[f"pulled recipe.yaml"]  # redacted, not dropped
-
-
-def _chromium(url: str, screenshot: Path, profile: Path) -> str:
-    """Headless Chromium (Debian ``chromium``; root needs --no-sandbox) renders ``url``, the SPA's JS included,
-    writes ``screenshot`` and returns the rendered DOM. Killed (and the test failed) if it hangs."""
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert exe, "Debian 'chromium' is not installed: `make install` installs it (apt-get install -y chromium)"
-    proc = subprocess.Popen([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                             f"--user-data-dir={profile}", "--window-size=1600,1400", "--virtual-time-budget=20000",
-                             f"--screenshot={screenshot}", "--dump-dom", url], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=150)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 0, f"chromium exited {proc.returncode}"
-    return out
-
-
-def _page_lines(dom: str) -> list[str]:
-    dom = re.sub(r"(?s)<(script|style)[^>]*>.*?</\1>", "", dom)
-    return [ln.strip() for ln in html.unescape(re.sub(r"<[^>]+>", "\n", dom)).splitlines() if ln.strip()]
 
 
 def test_mlflow_ui_compare_page_lines_up_sparsity_and_map50(server, tmp_path):

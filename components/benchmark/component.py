@@ -32,7 +32,8 @@ def benchmark(
     Args:
         deployment: export_model output.
         result: Output ``benchmark.json`` (img/s, latency percentiles, MB raw/gzip, CPU, versions).
-        metrics: images_per_s, latency_p50_ms, latency_p90_ms, size_mb, size_gzip_mb, integer_conv_mac_share.
+        metrics: images_per_s, latency_p50_ms, latency_p90_ms, size_mb, size_gzip_mb, integer_conv_mac_share,
+            images_per_s_<engine>.
         engine: ``onnxruntime``, ``openvino``, or ``deepsparse`` (when its side venv is in the image).
         precision: OpenVINO inference precision ``f32``/``bf16``/``f16``; empty keeps OpenVINO's default (bf16 on
             AVX512_BF16/AMX CPUs). The resolved precision is in the result and logged as an MLflow param.

@@ -40,6 +40,8 @@ def register(subparsers) -> None:
     pr.add_argument("--metric", required=True, help="run metric to maximise, e.g. images_per_s")
     pr.add_argument("--lower-is-better", action="store_true", help="minimise the metric (e.g. latency_p50_ms)")
     pr.add_argument("--constraint", help="e.g. 'map50>=0.9*dense' (dense = the baseline version's value)")
+    pr.add_argument("--max-map-drop", type=float, metavar="POINTS",
+                    help="accuracy budget: at most POINTS mAP50-95 points below the dense version (1.0 = 0.01)")
     _uri_arg(pr)
     pr.set_defaults(func=_promote)
 
@@ -89,10 +91,12 @@ def _list(args) -> int:
 
 
 def _promote(args) -> int:
-    from sparse_core.tracking.registry import promote_champion
+    from sparse_core.tracking.registry import map_drop_constraint, promote_champion
 
+    constraint = ", ".join(c for c in (args.constraint, None if args.max_map_drop is None else
+                                       map_drop_constraint(args.max_map_drop)) if c)
     res = promote_champion(args.name, args.metric, higher_is_better=not args.lower_is_better,
-                           constraint=args.constraint, tracking_uri=args.tracking_uri)
+                           constraint=constraint or None, tracking_uri=args.tracking_uri)
     print(json.dumps(res) if args.json else
           f"champion of {res['name']}: version {res['version']} ({res['metric']}={res['value']:.4g}; "
           f"was {res['previous'] or 'unset'})")

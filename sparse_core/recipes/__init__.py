@@ -4,6 +4,9 @@
   zoo checkpoint's zeros (ConstantPruning) and finish with QAT.
 - ``gmp_prune.yaml``: gradual magnitude pruning of every prunable layer to ``final_sparsity``.
 - ``structured_prune.yaml``: structured GMP (``mask_type: filter``): whole coupled channels, thinned after training.
+- ``structured_kd_50.yaml`` / ``structured_kd_75.yaml``: structured GMP to 50% / 75% of the channels distilled from
+  the dense model (``--teacher``), LR held while channels go then annealed; stage 1 of 2.
+- ``structured_kd_qat.yaml``: stage 2, INT8 QAT of the thinned model, distilled from the dense model.
 """
 
 from pathlib import Path

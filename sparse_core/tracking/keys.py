@@ -27,3 +27,11 @@ TAG_ONNX_SHA256 = "onnx_sha256"
 LINEAGE_TAG_KEYS = (TAG_RECIPE_SHA256, TAG_GIT_COMMIT, TAG_VERSION, TAG_PIPELINE_RUN_ID, TAG_DATA_HASH, TAG_BASE)
 # a model version (or its run) tagged baseline=dense is the reference for constraints such as 'map50>=0.9*dense'
 TAG_BASELINE = "baseline"
+# MLflow 3 opens an experiment on the page its kind names; without this tag it guesses (often the GenAI overview).
+# The UI's values (mlflow/server/js ExperimentKind): genai_development, custom_model_development, finetuning, ...
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # shown in the UI as "Machine learning": runs table, compare view
+# on a pipeline's parent run (sparse_core.tracking.rollup): the model the pipeline delivered
+TAG_REGISTERED = "sparsepipe.registered"  # NAME/VERSION
+TAG_MODEL_URI = "sparsepipe.model_uri"  # models:/NAME/VERSION
+BASELINE_INT8 = "openvino-int8"  # TAG_BASELINE value of the OpenVINO INT8 post-training baseline

@@ -22,7 +22,8 @@ def _export_info(model: str | Path) -> dict:
 
 
 def bench_metrics(result: dict) -> dict:
-    """Benchmark result -> the standard metric keys the MLflow compare page lines up."""
+    """Benchmark result -> the standard metric keys the MLflow compare page lines up, plus
+    ``images_per_s_<engine>`` so runs measured on different engines never share one row."""
     lat = result.get("latency_ms", {})
     out = {"images_per_s": result.get("images_per_s", 0.0), "latency_p50_ms": lat.get("p50", 0.0),
            "latency_p90_ms": lat.get("p90", 0.0), "size_mb": result.get("size_mb", 0.0),
@@ -31,6 +32,8 @@ def bench_metrics(result: dict) -> dict:
         out["integer_conv_mac_share"] = result["integer_conv_mac_share"]
     if result.get("speedup") is not None:
         out["speedup_vs_baseline"] = result["speedup"]
+    if result.get("engine"):
+        out[f"images_per_s_{result['engine']}"] = out["images_per_s"]
     return out
 
 
@@ -40,6 +43,13 @@ def bench_params(result: dict) -> dict:
             "bench.precision": result.get("precision"), "bench.threads": result.get("threads"),
             "bench.batch": result.get("batch"), "bench.cpu": result.get("cpu", {}).get("model"),
             "bench.isa": result.get("cpu", {}).get("isa")}
+
+
+def engine_accuracy(deploy_dir: str | Path) -> dict:
+    """``map50_95_<engine>`` from a deployment folder's ``export.json`` (``accuracy.map50_95``: the exported model
+    scored on each engine, when export was given the data set); empty when it was not scored."""
+    acc = (_export_info(deploy_dir).get("accuracy") or {}).get("map50_95") or {}
+    return {f"map50_95_{engine}": v for engine, v in acc.items() if isinstance(v, (int, float))}
 
 
 def record_export(deploy_dir: str | Path, info: dict, uri: str | None, register: str | None = None,

@@ -22,7 +22,7 @@ from sparse_core.tracking import keys
 from sparse_core.tracking.connection import connect, http_limits, resolve_uri
 from sparse_core.tracking.lineage import file_sha256, lineage_tags, sha256_bytes
 from sparse_core.tracking.redaction import redact, redact_value
-from sparse_core.tracking.tracker import stage_for_upload
+from sparse_core.tracking.tracker import ensure_experiment, stage_for_upload
 
 CHAMPION = "champion"
 SOURCE_FILE = "registry.json"  # written into pulled folders: where the model came from
@@ -120,8 +120,7 @@ def register_model(deploy_dir, name: str, run_id: str | None = None, alias: str 
         try:
             with http_limits(retries=3, timeout=300):
                 if run_id is None:
-                    exp = client.get_experiment_by_name("sparsepipe")
-                    exp_id = exp.experiment_id if exp else client.create_experiment("sparsepipe")
+                    exp_id = ensure_experiment(client, "sparsepipe")
                     run_id = client.create_run(exp_id, run_name=f"register-{name}").info.run_id
                     client.set_terminated(run_id)
                 run = client.get_run(run_id)
@@ -285,25 +284,36 @@ def list_models(tracking_uri: str | None = None) -> list[dict]:
 
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
 _COND_RE = re.compile(r"^\s*(?P<metric>[\w./:\-]+)\s*(?P<op>>=|<=|==|>|<)\s*"
-                      r"(?:(?P<factor>[0-9.eE+\-]+)\s*\*\s*)?(?P<ref>dense|[0-9.eE+\-]+)\s*$")
+                      r"(?:(?P<factor>[0-9.eE+\-]+)\s*\*\s*)?(?P<ref>dense|[0-9.eE+\-]+)"
+                      r"(?:\s*(?P<sign>[+\-])\s*(?P<delta>[0-9.eE]+))?\s*$")
 
 
-def _parse_constraint(constraint: str) -> list[tuple[str, str, float, str]]:
-    """``'map50>=0.9*dense, size_mb<5'`` -> [(metric, op, factor, ref)]; ref is 'dense' or a number."""
+def map_drop_constraint(max_map_drop: float, metric: str = "map50_95") -> str:
+    """The accuracy budget against the dense model as a constraint: ``max_map_drop`` mAP points (1 point = 0.01)
+    -> ``'map50_95>=dense-0.01'``."""
+    if max_map_drop < 0:
+        raise UserError(f"max_map_drop: {max_map_drop}; expected mAP points >= 0 (e.g. 1.0), or leave it unset")
+    return f"{metric}>=dense-{max_map_drop / 100:g}"
+
+
+def _parse_constraint(constraint: str) -> list[tuple[str, str, float, str, float]]:
+    """``'map50>=0.9*dense, map50_95>=dense-0.01, size_mb<5'`` -> [(metric, op, factor, ref, offset)]; ref is
+    'dense' or a number; the bound is ``factor * ref + offset``."""
     conds = []
     for part in re.split(r",|\band\b", constraint):
         if not part.strip():
             continue
         m = _COND_RE.match(part)
         if not m:
-            raise UserError(f"constraint {part.strip()!r}: expected METRIC OP [FACTOR*]dense or METRIC OP NUMBER "
-                            "(OP one of >= <= > < ==), e.g. 'map50>=0.9*dense'")
+            raise UserError(f"constraint {part.strip()!r}: expected METRIC OP [FACTOR*]dense[-DELTA] or METRIC OP "
+                            "NUMBER (OP one of >= <= > < ==), e.g. 'map50>=0.9*dense' or 'map50_95>=dense-0.01'")
         try:
             factor = float(m["factor"]) if m["factor"] else 1.0
             ref = m["ref"] if m["ref"] == "dense" else str(float(m["ref"]))
+            offset = (-1 if m["sign"] == "-" else 1) * float(m["delta"]) if m["delta"] else 0.0
         except ValueError:
             raise UserError(f"constraint {part.strip()!r}: not a number") from None
-        conds.append((m["metric"], m["op"], factor, ref))
+        conds.append((m["metric"], m["op"], factor, ref, offset))
     return conds
 
 
@@ -332,7 +342,7 @@ def promote_champion(name: str, metric: str, higher_is_better: bool = True, cons
             rows.append({"mv": mv, "metrics": metrics,
                          "dense": (mv.tags.get(keys.TAG_BASELINE) or run_tags.get(keys.TAG_BASELINE)) == "dense"})
         dense = None
-        if any(ref == "dense" for *_, ref in conds):
+        if any(ref == "dense" for _, _, _, ref, _ in conds):
             tagged = [r for r in rows if r["dense"]]
             with_sparsity = [r for r in rows if "sparsity" in r["metrics"]]
             dense = (max(tagged, key=lambda r: int(r["mv"].version)) if tagged else
@@ -343,11 +353,11 @@ def promote_champion(name: str, metric: str, higher_is_better: bool = True, cons
                                 "and none has a 'sparsity' metric")
 
         def ok(r) -> bool:
-            for m, op, factor, ref in conds:
+            for m, op, factor, ref, offset in conds:
                 base = dense["metrics"].get(m) if ref == "dense" else float(ref)
                 if base is None:
                     raise UserError(f"model {name!r}: dense baseline version {dense['mv'].version} has no {m!r} metric")
-                if m not in r["metrics"] or not _OPS[op](r["metrics"][m], factor * base):
+                if m not in r["metrics"] or not _OPS[op](r["metrics"][m], round(factor * base + offset, 12)):
                     return False
             return True
 

@@ -183,6 +183,9 @@ def close_parent_run(mlflow_uri: str = "", experiment: str = "sparsepipe", pipel
             cause = failed_step_cause(client, run_id) or error
             if cause:
                 client.set_tag(run_id, TAG_ERROR, cause[:500])
+        from sparse_core.tracking.rollup import roll_up
+
+        roll_up(client, run_id)  # headline metrics + registered model, for the UI's compare view
         client.set_terminated(run_id, status=status)
     return {"run_id": run_id, "status": status, "error": cause}
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from sparse_core.errors import UserError
 from sparse_core.tracking.connection import connect, http_limits, is_transient, resolve_uri
+from sparse_core.tracking.keys import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 from sparse_core.tracking.redaction import redact, redact_value
 
 log = logging.getLogger("sparsepipe.tracking")
@@ -102,6 +103,27 @@ def stage_for_upload(src: Path, dest: Path) -> None:
                 f.write_text(clean, errors="surrogateescape")
 
 
+def ensure_experiment(client, name: str) -> str:
+    """The experiment's id, created (or restored) as needed, marked as a model-training experiment."""
+    from mlflow.exceptions import MlflowException
+
+    for _ in range(3):  # concurrent starts race to create the experiment
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                log.warning("MLflow experiment %r was deleted; restoring it", name)
+                client.restore_experiment(exp.experiment_id)
+            if EXPERIMENT_KIND_TAG not in exp.tags:  # made before sparsepipe set it; a user's choice is kept
+                client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+            return exp.experiment_id
+        try:
+            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+    raise UserError(f"MLflow experiment {name!r}: could not be created or found")
+
+
 class Tracker:
     """A run in MLflow, or a no-op with the same methods when no tracking URI is configured (``enabled`` False)."""
 
@@ -142,7 +164,7 @@ class Tracker:
                     if run.info.status != "RUNNING":
                         client.update_run(run_id, status="RUNNING")
                 else:
-                    exp_id = cls._experiment_id(client, experiment)
+                    exp_id = ensure_experiment(client, experiment)
                     run_tags = {"mlflow.source.name": "sparsepipe", "mlflow.source.type": "LOCAL"}
                     if parent_run_id:
                         run_tags["mlflow.parentRunId"] = parent_run_id
@@ -159,24 +181,6 @@ class Tracker:
                 tracker.set_tags(tags)
         log.info("MLflow run %s at %s", tracker.run_id, redact(uri))
         return tracker
-
-    @staticmethod
-    def _experiment_id(client, name: str) -> str:
-        from mlflow.exceptions import MlflowException
-
-        for _ in range(3):  # concurrent starts race to create the experiment
-            exp = client.get_experiment_by_name(name)
-            if exp is not None:
-                if exp.lifecycle_stage == "deleted":
-                    log.warning("MLflow experiment %r was deleted; restoring it", name)
-                    client.restore_experiment(exp.experiment_id)
-                return exp.experiment_id
-            try:
-                return client.create_experiment(name)
-            except MlflowException as err:
-                if err.error_code != "RESOURCE_ALREADY_EXISTS":
-                    raise
-        raise UserError(f"MLflow experiment {name!r}: could not be created or found")
 
     # ---- logging -------------------------------------------------------------------------------------------
     @staticmethod

@@ -1,0 +1,312 @@
+"""The accuracy/speed frontier on the hard data set (issue 17): ``make bench`` (full) or ``make bench-quick``.
+
+For each base model (YOLOv8n, YOLOv8s; ``--quick``: YOLOv8n only) on ``sparsepipe data synth --preset hard``:
+1. dense: trained from its yaml for ``--epochs`` (the CPU budget: stated in the report with the machine);
+2. variants from the dense ``last.pt``: the OpenVINO INT8 post-training baseline (``sparse_core.baseline``) and
+   structured 50/65/75% of the channels distilled from the dense model (``structured_kd_50/75.yaml``,
+   ``--teacher``), each with and without the INT8 QAT stage (``structured_kd_qat.yaml``, distilled too);
+3. every variant exported twice: at the training size for mAP50-95 on onnxruntime and OpenVINO
+   (``sparse_core.onnx_val``), and at 640 px for speed on each engine (``--engines``);
+4. one MLflow run per variant (``--mlflow``, default a sqlite store in the work folder), a Pareto plot (mAP50-95 vs
+   images/s, one panel per engine, the baseline marked) and a markdown table (``benchmarks/results/frontier.md``).
+
+Engines are taken by name and measured by ``sparse_core.bench.benchmark`` (OpenVINO at its default precision;
+DeepSparse through its side venv, ``make deepsparse-venv``, when it exists).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results"
+STRUCTURED = {"s50": ("structured_kd_50.yaml", 0.5), "s65": ("structured_kd_50.yaml", 0.65),
+              "s75": ("structured_kd_75.yaml", 0.75)}
+
+
+def log(msg: str) -> None:
+    print(f"[frontier {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def load_line() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.1f} (1 min) / {five:.1f} (5 min) on {os.cpu_count()} CPUs"
+
+
+# ---------------------------------------------------------------------------------------------------- models
+
+
+def train_variant(args, work: Path, data: Path, name: str, **kw) -> tuple[Path, float]:
+    """One training run (reused with ``--reuse``); returns (last.pt, seconds)."""
+    from sparse_core.integrations.ultralytics import train
+
+    last = work / "runs" / name / "weights" / "last.pt"
+    if args.reuse and last.exists():
+        return last, 0.0
+    t0 = time.time()
+    summary = train(data=str(data / "data.yaml"), imgsz=args.imgsz, batch=args.batch, workers=0,
+                    project=work / "runs", name=name, plots=False, seed=0, **kw)
+    log(f"{name}: trained in {time.time() - t0:.0f} s (PyTorch val mAP50-95 {summary.get('map50_95', 0):.4f})")
+    return Path(summary["weights"]["last"]), time.time() - t0
+
+
+def structured_args(args, final: float) -> dict:
+    e = args.prune_epochs
+    return {"num_epochs": e, "pruning_start_epoch": 0, "pruning_end_epoch": max(1, round(e / 2)),
+            "final_sparsity": final}
+
+
+def build(args, work: Path, data: Path, base: str) -> tuple[dict[str, dict], dict]:
+    """Train dense and every variant of ``base``; returns ({variant: {'weights' or 'baseline_dir', 'seconds'}},
+    the dense run's facts)."""
+    from sparse_core.recipes import path as recipe
+
+    dense, t_dense = train_variant(args, work, data, f"{base}-dense", model=f"{base}.yaml", epochs=args.epochs)
+    out = {"dense": {"weights": dense, "seconds": t_dense}}
+    for key in args.variants:
+        name, final = STRUCTURED[key]
+        w, t = train_variant(args, work, data, f"{base}-{key}", model=str(dense), teacher=str(dense),
+                             recipe=str(recipe(name)), recipe_args=structured_args(args, final))
+        out[f"{key}-kd"] = {"weights": w, "seconds": t}
+        if args.qat_epochs:
+            q, tq = train_variant(args, work, data, f"{base}-{key}-qat", model=str(w), teacher=str(dense),
+                                  recipe=str(recipe("structured_kd_qat.yaml")),
+                                  recipe_args={"num_epochs": args.qat_epochs})
+            out[f"{key}-kd-qat"] = {"weights": q, "seconds": t + tq}
+    out["ov-int8-ptq"] = {"weights": dense, "seconds": 0.0, "baseline": True}
+    return out, {"epochs": args.epochs, "imgsz": args.imgsz, "seconds": round(t_dense)}
+
+
+def deployments(args, work: Path, data: Path, base: str, variant: str, spec: dict) -> dict[str, Path]:
+    """{'acc': folder at the training size, 'speed': folder at --speed-imgsz} for one variant."""
+    from sparse_core.baseline import openvino_int8_baseline
+    from sparse_core.export import export_model
+
+    out = {}
+    for kind, size in (("acc", args.imgsz), ("speed", args.speed_imgsz)):
+        folder = work / "deploy" / base / f"{variant}-{kind}"
+        if not (args.reuse and (folder / "model.onnx").is_file()):
+            if spec.get("baseline"):
+                openvino_int8_baseline(spec["weights"], data / "data.yaml", folder, imgsz=size, calib=args.calib)
+            else:
+                export_model(str(spec["weights"]), folder, imgsz=size)
+        out[kind] = folder
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- measuring
+
+
+def accuracy(folder: Path, data: Path, engine: str) -> float:
+    """mAP50-95 of an exported model on ``engine`` (``sparse_core.onnx_val``, OpenVINO at its default precision)."""
+    from sparse_core.onnx_val import val_onnx
+
+    return float(val_onnx(folder, data / "data.yaml", engine=engine)["map50_95"])
+
+
+def speed(folder: Path, engine: str, threads: int, seconds: float) -> dict | None:
+    """images/s of ``folder`` on ``engine`` (``sparse_core.bench``); None for DeepSparse without its side venv."""
+    from sparse_core.bench import benchmark
+    from sparse_core.errors import UserError
+
+    try:
+        return benchmark(str(folder), engine=engine, threads=threads, seconds=seconds, warmup=5, profile_runs=0)
+    except UserError as err:
+        if engine == "deepsparse":
+            log(f"deepsparse: not measured ({str(err)[:160]})")
+            return None
+        raise
+
+
+def measure(args, data: Path, folders: dict[str, Path]) -> dict:
+    row = {}
+    for engine in ("onnxruntime", "openvino"):
+        row[f"map50_95_{engine}"] = accuracy(folders["acc"], data, engine)
+    for engine in args.engines:
+        res = speed(folders["speed"], engine, args.threads, args.seconds)
+        row[f"images_per_s_{engine}"] = None if res is None else round(float(res["images_per_s"]), 2)
+        if res and res.get("precision"):
+            row[f"precision_{engine}"] = str(res["precision"])
+    info = json.loads((folders["speed"] / "export.json").read_text())
+    row["size_gzip_mb"] = round(info.get("size_gzip_bytes", 0) / 1e6, 3)
+    row["conv_params"] = info.get("conv_params")
+    return row
+
+
+# ---------------------------------------------------------------------------------------------------- reporting
+
+
+def track(uri: str, base: str, variant: str, row: dict, spec: dict, machine: dict) -> None:
+    """One MLflow run per variant (experiment ``frontier``, a model-training experiment)."""
+    from sparse_core.tracking import Tracker
+
+    with Tracker.start(uri, experiment="frontier", run_name=f"{base}-{variant}",
+                       tags={"sparsepipe.bench": "frontier", "base_model": base, "variant": variant}) as t:
+        t.log_params({"base": base, "variant": variant, "cpu": machine["cpu"], "train_seconds": round(spec["seconds"])})
+        t.log_metrics({k: v for k, v in row.items() if isinstance(v, (int, float)) and v is not None})
+
+
+def ratios(rows: dict[str, dict], engines) -> None:
+    """speedup_vs_dense_<engine> and speedup_vs_baseline_<engine>, in place."""
+    for ref, key in (("dense", "dense"), ("ov-int8-ptq", "baseline")):
+        for e in engines:
+            base = (rows.get(ref) or {}).get(f"images_per_s_{e}")
+            for row in rows.values():
+                if base and row.get(f"images_per_s_{e}"):
+                    row[f"speedup_vs_{key}_{e}"] = round(row[f"images_per_s_{e}"] / base, 2)
+
+
+def _fmt(v, pct: bool = False) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:.3f}" if pct else (f"{v:.1f}" if isinstance(v, float) else str(v))
+
+
+def markdown(res: dict) -> str:
+    engines = res["engines"]
+    head = ["model", "variant", "mAP50-95 ort", "mAP50-95 OV", *[f"img/s {e}" for e in engines],
+            "x dense (ort)", "x baseline (OV)", "gzip MB", "train s"]
+    lines = [f"Frontier on the hard data set ({res['data']}), {res['mode']} run, {res['date']}.",
+             f"Machine: {res['machine']['cpu']}, {res['machine']['cpus']} CPUs; {res['machine']['load_start']} at the "
+             f"start, {res['machine']['load_end']} at the end. Budget: {res['budget']}. Speed at "
+             f"{res['speed_imgsz']} px, batch 1, {res['threads']} threads, {res['seconds']} s per model and engine; "
+             "OpenVINO at its default precision. n/a: not measured here (see notes).", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for base, rows in res["models"].items():
+        for variant, r in rows.items():
+            cells = [base, variant, _fmt(r.get("map50_95_onnxruntime"), True), _fmt(r.get("map50_95_openvino"), True),
+                     *[_fmt(r.get(f"images_per_s_{e}")) for e in engines],
+                     _fmt(r.get("speedup_vs_dense_onnxruntime")), _fmt(r.get("speedup_vs_baseline_openvino")),
+                     _fmt(r.get("size_gzip_mb")), _fmt(r.get("train_seconds"))]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", *[f"- {n}" for n in res["notes"]], f"- wall time: {res['wall_seconds']:.0f} s"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(res: dict, path: Path) -> None:
+    """mAP50-95 vs images/s, one panel per engine; the OpenVINO INT8 baseline marked; the Pareto front drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    engines = [e for e in res["engines"] if any(r.get(f"images_per_s_{e}") for rows in res["models"].values()
+                                                for r in rows.values())]
+    fig, axes = plt.subplots(1, len(engines), figsize=(5.5 * len(engines), 4.5), squeeze=False)
+    for ax, e in zip(axes[0], engines):
+        acc = "map50_95_openvino" if e == "openvino" else "map50_95_onnxruntime"
+        for base, rows in res["models"].items():
+            pts = [(r[f"images_per_s_{e}"], r.get(acc) or r.get("map50_95_onnxruntime"), v) for v, r in rows.items()
+                   if r.get(f"images_per_s_{e}") and (r.get(acc) or r.get("map50_95_onnxruntime")) is not None]
+            for x, y, v in pts:
+                ax.scatter(x, y, marker="*" if v == "ov-int8-ptq" else "o", s=160 if v == "ov-int8-ptq" else 40)
+                ax.annotate(f"{base} {v}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            front, best = [], -1.0
+            for x, y, _ in sorted(pts, key=lambda p: -p[0]):
+                if y > best:
+                    front.append((x, y))
+                    best = y
+            if front:
+                ax.plot(*zip(*sorted(front)), "--", lw=1, label=f"{base} Pareto front")
+        ax.set(title=f"{e} (mAP: {acc.split('_')[-1]})", xlabel="images/s (640 px, batch 1)", ylabel="mAP50-95")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+# ---------------------------------------------------------------------------------------------------- main
+
+
+def parse(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="YOLOv8n only, tiny data and epochs, 50/75%% (<= 15 min)")
+    ap.add_argument("--work", type=Path, default=ROOT / ".sparsepipe" / "frontier")
+    ap.add_argument("--models", nargs="+", default=None, help="default yolov8n yolov8s (quick: yolov8n)")
+    ap.add_argument("--variants", nargs="+", choices=sorted(STRUCTURED), default=None)
+    ap.add_argument("--engines", nargs="+", default=["onnxruntime", "openvino", "deepsparse"])
+    ap.add_argument("--n-train", type=int), ap.add_argument("--n-val", type=int)
+    ap.add_argument("--imgsz", type=int, help="training/validation size (speed is always at --speed-imgsz)")
+    ap.add_argument("--epochs", type=int), ap.add_argument("--prune-epochs", type=int)
+    ap.add_argument("--qat-epochs", type=int)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--calib", type=int, help="baseline calibration images (Ultralytics uses 300)")
+    ap.add_argument("--speed-imgsz", type=int, default=640)
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--seconds", type=float)
+    ap.add_argument("--mlflow", default=None, help="tracking URI (default $MLFLOW_TRACKING_URI, else a sqlite store "
+                                                   "in --work)")
+    ap.add_argument("--reuse", action="store_true", help="reuse trained checkpoints and exports in --work")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    quick = {"models": ["yolov8n"], "variants": ["s50", "s75"], "n_train": 64, "n_val": 16, "imgsz": 160,
+             "epochs": 8, "prune_epochs": 4, "qat_epochs": 2, "calib": 32, "seconds": 3.0}
+    full = {"models": ["yolov8n", "yolov8s"], "variants": ["s50", "s65", "s75"], "n_train": 400, "n_val": 100,
+            "imgsz": 320, "epochs": 20, "prune_epochs": 12, "qat_epochs": 3, "calib": 300, "seconds": 10.0}
+    for k, v in (quick if args.quick else full).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    return args
+
+
+def main(argv=None) -> int:
+    from sparse_core.bench.cpu import cpu_info
+    from sparse_core.data.synth import synth_dataset
+
+    args = parse(argv)
+    t_start = time.time()
+    work = args.work / ("quick" if args.quick else "full")
+    work.mkdir(parents=True, exist_ok=True)
+    uri = args.mlflow or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{work / 'mlflow.db'}"
+    machine = {"cpu": cpu_info().get("model") or platform.processor(), "cpus": os.cpu_count(),
+               "load_start": load_line()}
+    log(f"{machine['cpu']}; {machine['load_start']}")
+    data = work / "data"
+    if not (args.reuse and (data / "data.yaml").is_file()):
+        data = synth_dataset(data, n_train=args.n_train, n_val=args.n_val, imgsz=args.imgsz, seed=0, preset="hard").parent
+    res = {"mode": "quick" if args.quick else "full", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "data": f"hard preset, {args.n_train} train / {args.n_val} val images at {args.imgsz} px",
+           "budget": f"dense {args.epochs} epochs from scratch, structured+KD {args.prune_epochs} epochs "
+                     f"(pruning in the first half), QAT+KD {args.qat_epochs} epochs, batch {args.batch}, CPU only",
+           "engines": args.engines, "speed_imgsz": args.speed_imgsz, "threads": args.threads,
+           "seconds": args.seconds, "machine": machine, "models": {}, "notes": []}
+    for base in args.models:
+        specs, _ = build(args, work, data, base)
+        rows = {}
+        for variant, spec in specs.items():
+            folders = deployments(args, work, data, base, variant, spec)
+            rows[variant] = {**measure(args, data, folders), "train_seconds": round(spec["seconds"])}
+            log(f"{base} {variant}: {rows[variant]}")
+        ratios(rows, args.engines)
+        for variant, row in rows.items():
+            track(uri, base, variant, row, specs[variant], machine)
+        res["models"][base] = rows
+    maps = [r.get("map50_95_onnxruntime") or 0.0 for rows in res["models"].values() for r in rows.values()]
+    if not any(maps):
+        res["notes"].append("mAP50-95 is 0 for every variant: this budget does not train a detector on the hard set "
+                            "(quick mode checks the wiring and the speeds only; accuracy needs the full run)")
+    for e in args.engines:
+        if all(r.get(f"images_per_s_{e}") is None for rows in res["models"].values() for r in rows.values()):
+            res["notes"].append(f"{e}: not available on this machine (not measured)")
+    machine["load_end"] = load_line()
+    res["wall_seconds"] = time.time() - t_start
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = "frontier-quick" if args.quick else "frontier"
+    (args.out / f"{name}.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+    (args.out / f"{name}.md").write_text(markdown(res))
+    plot(res, args.out / f"{name}.png")
+    log(f"wrote {args.out / name}.md/.json/.png in {res['wall_seconds']:.0f} s; MLflow runs in {uri}")
+    print(markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
