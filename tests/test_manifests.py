@@ -582,7 +582,7 @@ def test_docker_context_builds_the_package(tmp_path):
     import zipfile
 
     names = zipfile.ZipFile(wheel).namelist()
-    assert "pipelines/cluster.py" in names and "sparse_core/image.py" in names and "sparse_core/cli.py" in names
+    assert "pipelines/cluster.py" in names and "sparse_core/image.py" in names and "sparse_core/cli/__init__.py" in names
     assert any(n.endswith("entry_points.txt") for n in names)
 
 

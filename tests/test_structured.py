@@ -268,7 +268,8 @@ def test_train_thin_save_validate_export_retrain(tmp_path):
 
     pt_metrics = val(summary["weights"]["best"], data=str(data), imgsz=IMGSZ)
     info = export_model(summary["weights"]["best"], tmp_path / "deploy", imgsz=IMGSZ)
-    assert info["parity_max_abs_diff"] <= 1e-4 and info["conv_params"] == report["best"]["conv_params_after"]
+    # the DFL's fixed 16-weight conv exports as float reductions, so the ONNX graph holds 16 conv weights fewer
+    assert info["parity_max_abs_diff"] <= 1e-4 and info["conv_params"] == report["best"]["conv_params_after"] - 16
     sess = ort.InferenceSession(str(tmp_path / "deploy" / "model.onnx"), providers=["CPUExecutionProvider"])
     y = sess.run(None, {"images": np.random.default_rng(0).random((1, 3, IMGSZ, IMGSZ), dtype=np.float32)})[0]
     assert y.shape == (1, 4 + 3, (IMGSZ // 8) ** 2 + (IMGSZ // 16) ** 2 + (IMGSZ // 32) ** 2)

@@ -147,7 +147,9 @@ def test_sqlite_default_store_register_and_cli_pull(tmp_path, sqlite_uri):
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 8, 8])])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(deploy / "model.onnx"))
     (deploy / "recipe.yaml").write_text("modifiers: []\n")
-    (deploy / "model.pt").write_bytes(os.urandom(64))
+    import torch
+
+    torch.save({"model": torch.nn.Conv2d(3, 3, 1)}, deploy / "model.pt")  # a checkpoint the safe loader accepts
     with Tracker.start(sqlite_uri, run_name="demo") as t:
         t.log_metrics({"map50": 0.3, "sparsity": 0.5})
     env = {**os.environ, "MLFLOW_TRACKING_URI": sqlite_uri}
