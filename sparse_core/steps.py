@@ -79,7 +79,7 @@ class RecipeSettings:
         args = parse_recipe_args(self.recipe_args)
         if target >= 0:
             args[self.sparsity_arg] = target
-        return load_recipe(self.recipe, args, zoo=self.zoo or None)
+        return load_recipe(self.recipe, args, zoo=self.zoo or None, staged=True)  # split into sparse / qat
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -281,7 +281,7 @@ def qat(model: str, dataset: str, out: str, train: TrainSettings = TrainSettings
         src, out_dir = Path(model), Path(out)
         summary = _read_json(src / "summary.json", "training summary")
         full_yaml = src / "recipe.full.yaml"
-        full = load_recipe(str(full_yaml)) if full_yaml.is_file() else None
+        full = load_recipe(str(full_yaml), staged=True) if full_yaml.is_file() else None
         if full is None or not full.of_type("QuantizationModifier"):
             out_dir.mkdir(parents=True, exist_ok=True)
             for f in src.iterdir():

@@ -286,8 +286,10 @@ _Dumper.add_representer(LineList, lambda d, s: d.represent_list(list(s)))
 # ---------------------------------------------------------------------------------------------------- loading
 
 
-def load_recipe(source: str | os.PathLike, recipe_args: dict | str | None = None, zoo: str | None = None) -> Recipe:
+def load_recipe(source: str | os.PathLike, recipe_args: dict | str | None = None, zoo: str | None = None,
+                staged: bool = False) -> Recipe:
     """Load, override, evaluate and validate a recipe; every problem is a one-line UserError with file:line.
+    ``staged``: it will be trained stage by stage (``split``), see ``rules.check_rules``.
 
     ``source``: a path, a ``zoo:`` stub (``zoo``: the zoo URI) or the recipe text. Rules across modifiers
     (``sparse_core.recipe.rules``) are checked here too, so ``recipe check`` reports them before any training.
@@ -306,7 +308,7 @@ def load_recipe(source: str | os.PathLike, recipe_args: dict | str | None = None
         raise UserError(f"{label}:1: recipe top level is a {_kind(raw)}; expected a mapping of variables "
                         "and '*modifiers' lists")
     resolver = _Resolver(label, raw, args)
-    check_rules(resolver.modifiers, label)
+    check_rules(resolver.modifiers, label, staged)
     return Recipe(path, text, args, resolver.variables, resolver.modifiers, raw.get("version"))
 
 

@@ -184,7 +184,7 @@ def generate(analysis: str, out: str, target_speedup: float | None = None, targe
                         f"epoch, so the final masks are applied and fine-tuned); got --pruning-end {pruning_end} "
                         f"with --epochs {epochs}")
     text = recipe_text(a, plan, analysis, epochs, pruning_end, qat, qat_epochs, target)
-    load_recipe(text)  # what we write must load as a recipe
+    load_recipe(text, staged=True)  # what we write must load as a recipe (the pipelines train it stage by stage)
     with atomic_file(out) as tmp:
         Path(tmp).write_text(text)
     return {**plan, "recipe": str(out), "target_ms": target_ms, "target": target}

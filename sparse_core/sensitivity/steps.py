@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sparse_core.data.fingerprint import prepared_info
+from sparse_core.tracking.step_run import StepContext
+
 
 def analyze(checkpoint: str, dataset: str, out: str, engine: str = "onnxruntime", imgsz: int = 640,
             levels: str = "0.25,0.5,0.75", val_images: int = 16, calib_images: int = 8, seconds: float = 3.0,
@@ -20,9 +23,10 @@ def analyze(checkpoint: str, dataset: str, out: str, engine: str = "onnxruntime"
 
     params = {"engine": engine, "imgsz": imgsz, "levels": levels, "val_images": val_images,
               "calib_images": calib_images}
-    with steps.step_run("analyze", params, mlflow_uri, experiment, parent_run_id) as tracker:
+    ctx = StepContext(mlflow_uri=mlflow_uri, experiment=experiment, parent_run_id=parent_run_id)
+    with steps.step_run("analyze", params, ctx) as tracker:
         model, _, _ = steps._model_source(checkpoint)
-        data_yaml, _ = steps._dataset_info(dataset)
+        data_yaml, _ = prepared_info(dataset)
         result = run(model, str(data_yaml), out, _engines(engine), imgsz, parse_levels(levels), None, val_images,
                      calib_images, 8, seconds)
         tracker.log_metrics({"analyze.dense_map50_95": result["dense"]["map50_95"],
@@ -41,7 +45,8 @@ def generate_recipe(analysis: str, out: str, target_speedup: float = 2.0, target
 
     params = {"target_speedup": target_speedup, "target_latency_ms": target_latency_ms, "engine": engine,
               "qat": qat, "epochs": epochs}
-    with steps.step_run("generate_recipe", params, mlflow_uri, experiment, parent_run_id) as tracker:
+    ctx = StepContext(mlflow_uri=mlflow_uri, experiment=experiment, parent_run_id=parent_run_id)
+    with steps.step_run("generate_recipe", params, ctx) as tracker:
         folder = Path(analysis)
         path = folder / "analysis.json" if folder.is_dir() else folder
         Path(out).mkdir(parents=True, exist_ok=True)
