@@ -77,6 +77,8 @@ def test_generate_meets_target_and_check_accepts(analysis):
     assert f"{plan['predicted_ms']:.2f} ms" in text and "mAP50-95 drop" in text
     assert "mask_type: filter" in text and "!OutputDistillationModifier" in text and "!QuantizationModifier" in text
     r = cli("recipe", "check", out, "--model", "yolov8n.yaml", "--strict", "--json")
+    assert r.returncode == 2 and "--staged" in r.stderr  # one run cannot thin channels and run QAT ...
+    r = cli("recipe", "check", out, "--model", "yolov8n.yaml", "--strict", "--staged", "--json")  # ... stages can
     assert r.returncode == 0, r.stderr
     mods = [m["type"] for m in json.loads(r.stdout.strip().splitlines()[-1])["modifiers"]]
     assert "GMPruningModifier" in mods and "QuantizationModifier" in mods

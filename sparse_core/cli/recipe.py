@@ -29,6 +29,9 @@ def register(subparsers) -> None:
                        help='variable overrides, e.g. \'{"num_epochs": 15}\'')
     check.add_argument("--model", default=None, help="Ultralytics model yaml (yolov8n.yaml, yolov8n-seg.yaml) or .pt")
     check.add_argument("--strict", action="store_true", help="selectors that match nothing are errors")
+    check.add_argument("--staged", action="store_true",
+                       help="the recipe is trained stage by stage (the pipelines' sparse_train then qat), so channel "
+                            "pruning and QAT may share it")
     check.add_argument("--json", action="store_true", help="print one JSON object (last stdout line)")
     check.add_argument("--trust-checkpoint", action="store_true",
                        help="fully unpickle a local .pt the safe loader refuses (only files you trust: it can run code)")
@@ -134,7 +137,7 @@ def _fmt(value: Any) -> str:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    recipe = load_recipe(_recipe_path(args.recipe), parse_recipe_args(args.recipe_args))
+    recipe = load_recipe(_recipe_path(args.recipe), parse_recipe_args(args.recipe_args), staged=args.staged)
     reports: list[dict] = [{} for _ in recipe.modifiers]
     warnings: list[str] = []
     model_info = None

@@ -25,4 +25,4 @@ def check_rules(modifiers: list, label: str, staged: bool = False) -> None:
         raise NotSupportedYet(f"{label}:{m.line}: {m.type_name}: mask_type: filter and a QuantizationModifier in "
                               "one recipe is not supported (QAT restructures the layers the channel masks and "
                               "thinning work on); train the structured recipe first, then QAT on its thinned "
-                              "last.pt")
+                              "last.pt (the pipelines do this stage by stage; `recipe check --staged`)")
