@@ -64,18 +64,6 @@ def _has_image(folder: Path) -> bool:
     return any(p.suffix.lower() in IMAGE_EXTS for p in folder.rglob("*"))
 
 
-def _check_onnx(path: Path) -> None:
-    """A file onnxruntime cannot parse is bad input: say so before Ultralytics logs anything."""
-    import onnx
-
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as err:  # protobuf DecodeError, truncated file, ...
-        raise UserError(f"{path}: not a readable ONNX model ({type(err).__name__})") from None
-    if not proto.graph.node or not proto.graph.input:
-        raise UserError(f"{path}: not an ONNX model (no graph); expected a file written by 'sparsepipe export'")
-
-
 def _model_task(model: str, ckpt: dict | None) -> str:
     if ckpt is not None:
         task = getattr(checkpoint_model(ckpt), "task", None) or sparsepipe_meta(ckpt).get("task")
@@ -352,8 +340,10 @@ def val(weights: str, data: str | None = None, imgsz: int | None = None, batch: 
         cfg_file = path / "data.yaml" if openvino_ir else path.parent / "data.yaml"
         if cfg_file.is_file():
             deploy_cfg = yaml.safe_load(cfg_file.read_text()) or {}
-        if not openvino_ir:
-            _check_onnx(path)
+        if not openvino_ir:  # a file onnxruntime cannot parse is bad input: say so before Ultralytics logs anything
+            from sparse_core.export.graph import load_onnx
+
+            load_onnx(path)
         task = deploy_cfg.get("task", task)
         imgsz = imgsz or deploy_cfg.get("imgsz") or 640
         batch = 1  # exported graphs have a static batch
