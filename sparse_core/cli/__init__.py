@@ -71,20 +71,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
                 continue
             raise
         mod.register(sub)
-    _ensure_json_flag(parser)
     return parser
-
-
-def _ensure_json_flag(parser: argparse.ArgumentParser) -> None:
-    """Every leaf command accepts ``--json`` (one JSON object on the last stdout line)."""
-    leaves = [parser]
-    while leaves:
-        p = leaves.pop()
-        subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
-        if subs:
-            leaves.extend(set(subs[0].choices.values()))
-        elif p is not parser and "--json" not in p._option_string_actions:
-            p.add_argument("--json", action="store_true", help="print one JSON object on the last stdout line")
 
 
 def error_log_dir() -> Path:
