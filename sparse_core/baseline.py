@@ -41,15 +41,13 @@ def calibration_images(data_yaml: str | os.PathLike, n: int, seed: int = 0) -> l
     """``n`` training images, a seeded sample (Ultralytics takes the first batches of a shuffled loader)."""
     import yaml
 
-    from sparse_core.data.labels import IMAGE_EXTS
+    from sparse_core.data.yolo import split_images
 
     data_yaml = Path(data_yaml)
     cfg = yaml.safe_load(data_yaml.read_text()) or {}
     root = Path(cfg.get("path") or data_yaml.parent)
     root = root if root.is_absolute() else (data_yaml.parent / root)
-    train = cfg.get("train")
-    entries = train if isinstance(train, list) else [train]
-    images = sorted(p for e in entries if e for p in (root / e).rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+    images = sorted(split_images(root, cfg.get("train") or [], f"{data_yaml}: train"))
     if not images:
         raise UserError(f"{data_yaml}: field 'train' holds no images; the baseline calibrates on the train split")
     pick = np.random.default_rng(seed).permutation(len(images))[:n]

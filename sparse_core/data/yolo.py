@@ -56,7 +56,8 @@ def _names(meta: dict, yaml_path: Path, classes: list[str] | None) -> list[str]:
     return names
 
 
-def _split_images(root: Path, spec, where: str) -> list[Path]:
+def split_images(root: Path, spec, where: str) -> list[Path]:
+    """The images of a data yaml split (a folder, a .txt list, or a list of those); nothing outside ``root``."""
     images: list[Path] = []
     for s in spec if isinstance(spec, list) else [spec]:
         p = inside_root(root, s, where)
@@ -116,7 +117,7 @@ def read(src: Path, task: str, classes: list[str] | None, problems: Problems) ->
         raise UserError(f"{yaml_path}: train: missing; expected the training images folder")
     items: list[Item] = []
     for split in splits:
-        images = _split_images(root, meta[split], f"{yaml_path}: {split}")
+        images = split_images(root, meta[split], f"{yaml_path}: {split}")
         wanted = {label_path(img) for img in images}
         label_dirs = {label_path(img).parent for img in images} | {
             label_path(root / str(s) / "x.jpg").parent for s in (meta[split] if isinstance(meta[split], list)
