@@ -13,7 +13,7 @@ from components.analyze.component import analyze
 from components.generate_recipe.component import generate_recipe
 from components.qat.component import qat
 from components.sparse_train.component import sparse_train
-from pipelines.chain import deploy, fetch_inputs, tracked
+from pipelines.chain import deploy, fetch_inputs, fit_args, tracked
 
 NAME = "auto_sparsify"
 
@@ -64,8 +64,8 @@ def build(k8s=None):
             gen = r.step(generate_recipe(analysis=an.outputs["analysis"], target_speedup=target_speedup,
                                          engine=engine, qat=qat_stage, epochs=epochs, qat_epochs=qat_epochs, **r.run),
                          "generate_recipe")
-            fit = {"dataset": data_task.outputs["dataset"], "imgsz": imgsz, "batch": batch, "workers": workers,
-                   "seed": seed, "device": device, **r.cached}
+            fit = {**fit_args(data_task, imgsz=imgsz, batch=batch, workers=workers, seed=seed, device=device),
+                   **r.cached}
             train = r.step(sparse_train(checkpoint=fetch.outputs["checkpoint"], recipe=gen.outputs["Output"],
                                         teacher=fetch.outputs["checkpoint"], **fit), "sparse_train")
             quant = r.step(qat(model=train.outputs["model"], teacher=fetch.outputs["checkpoint"], **fit), "qat")

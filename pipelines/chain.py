@@ -65,6 +65,12 @@ def fetch_inputs(r: Run, *, model, zoo, data, data_format, task, val_fraction, c
     return fetch, data_task
 
 
+def fit_args(data_task, *, imgsz, batch, workers, seed, device) -> dict:
+    """The training inputs sparse_train and qat share: the prepared data set and the trainer settings."""
+    return {"dataset": data_task.outputs["dataset"], "imgsz": imgsz, "batch": batch, "workers": workers,
+            "seed": seed, "device": device}
+
+
 def deploy(r: Run, model, *, bench_iterations, name, alias, tags: str = "", run: dict | None = None,
            prefix: str = ""):
     """export_model -> benchmark -> register_model for a trained model output; returns the register task.

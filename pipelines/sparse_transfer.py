@@ -8,7 +8,7 @@ from kfp import dsl
 
 from components.qat.component import qat
 from components.sparse_train.component import sparse_train
-from pipelines.chain import deploy, fetch_inputs, tracked
+from pipelines.chain import deploy, fetch_inputs, fit_args, tracked
 
 NAME = "sparse_transfer"
 
@@ -48,8 +48,8 @@ def build(k8s=None):
                      register_name=register_name) as r:
             fetch, data_task = fetch_inputs(r, model=model, zoo=zoo, data=data, data_format=data_format, task=task,
                                             val_fraction=val_fraction, classes=classes)
-            fit = {"dataset": data_task.outputs["dataset"], "imgsz": imgsz, "batch": batch, "workers": workers,
-                   "seed": seed, "device": device, **r.cached}
+            fit = {**fit_args(data_task, imgsz=imgsz, batch=batch, workers=workers, seed=seed, device=device),
+                   **r.cached}
             train = r.step(sparse_train(checkpoint=fetch.outputs["checkpoint"], recipe=recipe, recipe_args=recipe_args,
                                         epochs=epochs, zoo=zoo, **fit), "sparse_train")
             quant = r.step(qat(model=train.outputs["model"], epochs=epochs, **fit), "qat")

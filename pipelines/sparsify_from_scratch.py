@@ -11,7 +11,7 @@ from kfp import dsl
 from components.fetch_checkpoint.component import fetch_checkpoint
 from components.qat.component import qat
 from components.sparse_train.component import sparse_train
-from pipelines.chain import deploy, fetch_inputs, tracked
+from pipelines.chain import deploy, fetch_inputs, fit_args, tracked
 
 NAME = "sparsify_from_scratch"
 
@@ -54,8 +54,8 @@ def build(k8s=None):
                                             val_fraction=val_fraction, classes=classes)
             fetch_t = r.step(fetch_checkpoint(model=teacher, zoo=zoo, **r.cached), "fetch_checkpoint",
                              "fetch_teacher")
-            fit = {"dataset": data_task.outputs["dataset"], "imgsz": imgsz, "batch": batch, "workers": workers,
-                   "seed": seed, "device": device, "teacher": fetch_t.outputs["checkpoint"], **r.cached}
+            fit = {**fit_args(data_task, imgsz=imgsz, batch=batch, workers=workers, seed=seed, device=device),
+                   "teacher": fetch_t.outputs["checkpoint"], **r.cached}
             train = r.step(sparse_train(checkpoint=fetch.outputs["checkpoint"], recipe=recipe, recipe_args=recipe_args,
                                         epochs=epochs, zoo=zoo, **fit), "sparse_train")
             quant = r.step(qat(model=train.outputs["model"], epochs=epochs, **fit), "qat")

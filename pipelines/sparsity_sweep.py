@@ -17,7 +17,7 @@ from kfp import dsl
 from components.qat.component import qat
 from components.select_champion.component import select_champion
 from components.sparse_train.component import sparse_train
-from pipelines.chain import Run, deploy, fetch_inputs, tracked
+from pipelines.chain import Run, deploy, fetch_inputs, fit_args, tracked
 
 NAME = "sparsity_sweep"
 
@@ -66,8 +66,7 @@ def build(k8s=None):
                      register_name=register_name) as r:
             fetch, data_task = fetch_inputs(r, model=model, zoo=zoo, data=data, data_format=data_format, task=task,
                                             val_fraction=val_fraction, classes=classes)
-            fit = {"dataset": data_task.outputs["dataset"], "imgsz": imgsz, "batch": batch, "workers": workers,
-                   "seed": seed, "device": device}
+            fit = fit_args(data_task, imgsz=imgsz, batch=batch, workers=workers, seed=seed, device=device)
             dense = r.step(sparse_train(checkpoint=fetch.outputs["checkpoint"], epochs=epochs, zoo=zoo, **fit,
                                         **r.cached), "sparse_train", "dense_baseline")
             dense_reg = deploy(r, dense.outputs["model"], bench_iterations=bench_iterations, name=register_name,
