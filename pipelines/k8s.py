@@ -32,6 +32,8 @@ RESOURCES = {
     "benchmark": ("2", "2", "2Gi", "4Gi"),  # request = limit: a throttled pod would report a wrong speed
     "register_model": ("250m", "1", "1Gi", "2Gi"),
     "select_champion": ("100m", "500m", "256Mi", "1Gi"),
+    "analyze": ("2", "2", "4Gi", "8Gi"),  # request = limit: it times the model per engine, like benchmark
+    "generate_recipe": ("100m", "500m", "256Mi", "1Gi"),
 }
 TIMEOUTS = {"sparse_train": 48 * 3600, "qat": 24 * 3600}  # seconds; other steps: DEFAULT_TIMEOUT
 DEFAULT_TIMEOUT = 2 * 3600

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines import build, compile_pipeline
+from pipelines import PIPELINES, build, compile_pipeline
 from pipelines.cluster import STEP_POD_LABEL
 from pipelines.k8s import GPU_STEPS, RESOURCES, K8sSettings
 from pipelines.params import parse_params
@@ -73,7 +73,7 @@ class IR:
 def compiled(tmp_path_factory) -> dict[str, IR]:
     out = tmp_path_factory.mktemp("ir")
     return {name: IR(compile_pipeline(name, out / f"{name}.yaml", K8sSettings()))
-            for name in ("sparse_transfer", "sparsify_from_scratch", "sparsity_sweep")}
+            for name in PIPELINES}  # every pipeline the CLI offers compiles with Kubernetes settings
 
 
 def test_sparse_transfer_dag(compiled):
@@ -125,7 +125,7 @@ def test_sweep_parallel_for_and_champion(compiled):
     assert ir.spec["root"]["inputDefinitions"]["parameters"]["sparsities"]["parameterType"] == "LIST"
 
 
-@pytest.mark.parametrize("name", ["sparse_transfer", "sparsify_from_scratch", "sparsity_sweep"])
+@pytest.mark.parametrize("name", sorted(PIPELINES))
 def test_images_resources_secrets_gpu_retries(compiled, name):
     ir = compiled[name]
     settings = K8sSettings()
