@@ -3,8 +3,10 @@ KD from the dense model -> QAT -> export -> bench -> register.
 
 DAG inside an exit handler (``close_run``): open_run -> fetch_checkpoint, prepare_dataset -> analyze ->
 generate_recipe -> sparse_train (teacher: the fetched dense model) -> qat -> export_model -> benchmark ->
-register_model. The registered model's run carries the analysis and the recipe as artifacts (lineage: the analyze
-and generate_recipe child runs of the same parent).
+register_model. The budget loop: sparse_train backs off (sparsity x1.0 / x0.6 / x0.3) until the model is within
+``max_map_drop`` mAP50-95 points of the fetched dense model, and fails the run when no attempt is (-1 turns it
+off). The registered version carries its lineage as tags: the generated recipe's analysis sha256, target and
+prediction, and the budget it met (``sparsepipe.recipe_*``, ``sparsepipe.budget``).
 """
 
 from kfp import dsl
@@ -27,6 +29,7 @@ def build(k8s=None):
         model: str,
         data: str,
         target_speedup: float = 2.0,
+        max_map_drop: float = 1.0,
         engine: str = "onnxruntime",
         levels: str = "0.25,0.5,0.75",
         val_images: int = 16,
@@ -67,7 +70,8 @@ def build(k8s=None):
             fit = {**fit_args(data_task, imgsz=imgsz, batch=batch, workers=workers, seed=seed, device=device),
                    **r.cached}
             train = r.step(sparse_train(checkpoint=fetch.outputs["checkpoint"], recipe=gen.outputs["Output"],
-                                        teacher=fetch.outputs["checkpoint"], **fit), "sparse_train")
+                                        teacher=fetch.outputs["checkpoint"], max_map_drop=max_map_drop, **fit),
+                           "sparse_train")
             quant = r.step(qat(model=train.outputs["model"], teacher=fetch.outputs["checkpoint"], **fit), "qat")
             deploy(r, quant.outputs["qat_model"], bench_iterations=bench_iterations, name=register_name, alias=alias)
 

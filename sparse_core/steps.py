@@ -60,11 +60,13 @@ class RecipeSettings:
     zoo: str = ""  # zoo URI for zoo: stubs
     sparsity_target: float = -1.0  # >= 0: sets variable ``sparsity_arg`` (the sweep's knob)
     sparsity_arg: str = "final_sparsity"
+    max_map_drop: float = -1.0  # >= 0: accuracy budget in mAP50-95 points against the start model (backs off)
 
     def params(self) -> dict:
         shown = self.recipe if len(self.recipe) < 500 else f"<{len(self.recipe)} chars of recipe text>"
-        target = float(self.sparsity_target)
-        return {"recipe": shown, "recipe_args": self.recipe_args, "sparsity_target": target if target >= 0 else None}
+        target, budget = float(self.sparsity_target), float(self.max_map_drop)
+        return {"recipe": shown, "recipe_args": self.recipe_args, "sparsity_target": target if target >= 0 else None,
+                "max_map_drop": budget if budget >= 0 else None}
 
     def load(self):
         """The resolved recipe (parsed once for the step), or None without one."""
@@ -120,7 +122,9 @@ def fetch_checkpoint(model: str, out: str, zoo: str = "", ctx: StepContext = Ste
             write_json(out_dir / "fetch.json", result)
             log_outcome(tracker, False, "", tags={"sparsepipe.fetch": "none"})
             return result
-        source = _resolve_source(model, zoo)
+        from sparse_core.zoo.entry import resolve_source
+
+        source = resolve_source(model, zoo)
         if source is not None and source.suffix == ".pt":
             from sparse_core.safe_load import check_safe
 
@@ -143,30 +147,6 @@ def fetch_checkpoint(model: str, out: str, zoo: str = "", ctx: StepContext = Ste
         return result
 
 
-def _resolve_source(model: str, zoo: str) -> Path | None:
-    """Local file for ``model``; None for an Ultralytics model name (yaml bundled with Ultralytics)."""
-    if model.startswith("zoo:"):
-        from sparse_core.zoo import resolve_model
-
-        return Path(resolve_model(model, zoo=zoo or None))
-    if model.startswith("s3://"):
-        from sparse_core import s3
-
-        return s3.download_file(model)
-    path = Path(model)
-    if path.is_file():
-        return path
-    if model.endswith((".yaml", ".yml")) and not path.parent.parts:
-        from ultralytics.nn.tasks import yaml_model_load
-
-        try:
-            yaml_model_load(model)
-        except (FileNotFoundError, OSError):
-            raise UserError(f"model {model}: neither a file nor an Ultralytics model yaml name") from None
-        return None
-    raise UserError(f"model {model}: not found; expected a zoo: stub, a .pt path, an s3:// URI or a model yaml")
-
-
 def prepare_dataset(data: str, out: str, data_format: str = "yolo", task: str = "detect", val_fraction: float = 0.2,
                     classes: str = "", ctx: StepContext = StepContext()) -> dict:
     """Validate ``data`` (path or ``s3://`` prefix) in ``data_format`` and write an Ultralytics data set at ``out``.
@@ -186,7 +166,9 @@ def prepare_dataset(data: str, out: str, data_format: str = "yolo", task: str = 
         out_dir = Path(out)
 
         def compute(o: Path) -> dict:
-            return _prepare(data, data_format, o, task, float(val_fraction), class_list)
+            from sparse_core.data.prepare import prepare_source
+
+            return prepare_source(data, data_format, o, task, float(val_fraction), class_list)
 
         result, hit, key = cached(step, parts, out_dir, compute, ctx.cache_dir)
         if hit:
@@ -196,27 +178,6 @@ def prepare_dataset(data: str, out: str, data_format: str = "yolo", task: str = 
         log_outcome(tracker, hit, key, metrics=metrics, tags=step_lineage(tracker, data_hash=result["content_hash"]),
                     artifacts=[out_dir / "stats.json", out_dir / "data.yaml"])
         return result
-
-
-def _prepare(data: str, data_format: str, out: Path, task: str, val_fraction: float, classes) -> dict:
-    """Prepare ``data`` into ``out``; an ``s3://`` prefix is downloaded to a scratch folder first."""
-    import tempfile
-
-    from sparse_core.data.prepare import prepare_dataset as prepare
-
-    src, scratch = data, None
-    if data.startswith("s3://"):
-        from sparse_core import s3
-
-        scratch = Path(tempfile.mkdtemp(prefix="sparsepipe-data-"))
-        src = str(s3.download_prefix(data, scratch))
-    try:
-        if out.exists():
-            out.rmdir()  # prepare writes a temp folder and renames it into place
-        return prepare(src, data_format, out, task=task, val_fraction=val_fraction, classes=classes)
-    finally:
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _model_source(checkpoint: str) -> tuple[str, str, str]:
@@ -260,8 +221,40 @@ def sparse_train(checkpoint: str, dataset: str, out: str, recipe: RecipeSettings
             tracker.log_params(full.summary())
             tracker.log_text(full.original_text, "recipe.original.yaml")
         model, model_sha, base = _model_source(checkpoint)
-        return _train_stage(step, model, model_sha, base, dataset, full.split("sparse") if full else None,
-                            full.to_yaml() if full is not None else None, Path(out), train, tracker, ctx)
+        if full is None or float(recipe.max_map_drop) < 0:
+            result = _train_stage(step, model, model_sha, base, dataset, full.split("sparse") if full else None,
+                                  full.to_yaml() if full is not None else None, Path(out), train, tracker, ctx)
+        else:
+            result = _budgeted(step, recipe, (model, model_sha, base), dataset, Path(out), train, tracker, ctx)
+        from sparse_core.sensitivity.generate import provenance
+
+        _carry(Path(out), {"recipe_provenance": provenance(full.original_text) if full is not None else {}})
+        return result
+
+
+def _carry(out: Path, facts: dict) -> None:
+    """Add ``facts`` (lineage the registration needs: the accuracy budget, a generated recipe's provenance) to the
+    step output's summary.json, so later steps carry them to the deployment folder; empty facts are left out."""
+    facts = {k: v for k, v in facts.items() if v}
+    if facts:
+        write_json(out / "summary.json", {**_summary(out), **facts})
+
+
+def _budgeted(step: str, recipe: RecipeSettings, source: tuple, dataset: str, out: Path, train: TrainSettings,
+              tracker, ctx: StepContext) -> dict:
+    """sparse_train under ``recipe.max_map_drop`` (``budget.recipe_within_budget``): each attempt is one
+    ``_train_stage`` of the recipe with its sparsity scaled down, trained beside ``out``."""
+    from sparse_core.data.fingerprint import prepared_info
+    from sparse_core.integrations.ultralytics import budget
+
+    model, model_sha, base = source
+
+    def run_stage(full, folder: Path) -> dict:
+        return _train_stage(step, model, model_sha, base, dataset, full.split("sparse"), full.to_yaml(), folder,
+                            train, tracker, ctx)
+
+    return budget.recipe_within_budget(recipe, model, prepared_info(dataset)[0], train.imgsz, out, run_stage,
+                                       tracker)
 
 
 def qat(model: str, dataset: str, out: str, train: TrainSettings = TrainSettings(),
@@ -294,6 +287,7 @@ def qat(model: str, dataset: str, out: str, train: TrainSettings = TrainSettings
         weights = src / "model.pt"
         result = _train_stage(step, str(weights), file_sha256(weights), summary.get("base", ""), dataset, part,
                               full_yaml.read_text(), out_dir, train, tracker, ctx)
+        _carry(out_dir, {k: summary.get(k) for k in ("budget", "recipe_provenance")})
         tracker.set_tags({"sparsepipe.qat": "trained"})
         return {**result, "qat": "trained"}
 
@@ -372,9 +366,17 @@ def export_model(model: str, out: str, imgsz: int = 0, batch: int = 1, opset: in
 
 
 def _deploy_lineage(tracker, deploy: Path, summary: dict) -> dict:
+    """Lineage tags of a registered model: recipe, data, base, and where the recipe came from (a generated
+    recipe's analysis and prediction) and the accuracy budget it was trained under."""
+    from sparse_core.integrations.ultralytics.budget import budget_tags
+
     recipe = deploy / "recipe.yaml"
-    return step_lineage(tracker, recipe=recipe.read_text() if recipe.is_file() else None,
+    tags = step_lineage(tracker, recipe=recipe.read_text() if recipe.is_file() else None,
                         data_hash=summary.get("data_hash"), base=summary.get("base"))
+    provenance = summary.get("recipe_provenance")
+    tags.update({str(k): str(v) for k, v in provenance.items()} if isinstance(provenance, dict) else {})
+    tags.update(budget_tags(summary))
+    return tags
 
 
 def benchmark(model: str, out: str, engine: str = "onnxruntime", threads: int = 0, seconds: float = 0.0,

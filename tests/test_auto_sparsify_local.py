@@ -34,6 +34,7 @@ def test_auto_sparsify_local(env):
     from mlflow.tracking import MlflowClient
 
     params = {"model": env["base"], "data": str(env["data"]), "target_speedup": 1.3, "levels": "0.5",
+              "max_map_drop": 5.0,
               "val_images": 2, "epochs": 2, "qat_epochs": 1, "imgsz": IMGSZ, "deploy_imgsz": IMGSZ, "batch": 8,
               "workers": 0, "bench_iterations": 5, "mlflow_uri": env["uri"], "experiment": "auto",
               "register_name": "auto-tiny", "cache_dir": str(env["root"] / "cache")}
@@ -50,4 +51,11 @@ def test_auto_sparsify_local(env):
     assert steps["generate_recipe"].data.metrics["generate.predicted_ms"] > 0
     mv = client.get_model_version_by_alias("auto-tiny", "candidate")
     assert mv.tags.get("recipe_sha256") and mv.tags.get("pipeline_run_id") == parent.data.tags["pipeline_run_id"]
+    # lineage of the registered version: the analysis the recipe came from, its target, the budget it met
+    analysis_sha = mv.tags.get("sparsepipe.recipe_analysis_sha256", "")
+    assert len(analysis_sha) == 64 and int(analysis_sha, 16) >= 0
+    assert mv.tags["sparsepipe.recipe_target"].startswith("1.3x speedup")
+    assert mv.tags["sparsepipe.budget"].startswith("within_budget: max 5.0 points, 1 attempt(s), kept sparsity x1")
+    train_run = steps["sparse_train"].data
+    assert train_run.tags["budget.status"] == "within_budget" and "budget.map50_95" in train_run.metrics
     assert os.path.exists(env["base"])

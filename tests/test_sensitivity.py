@@ -163,3 +163,39 @@ def test_budget_backs_off_and_records_attempts(analysis, tmp_path, dense_map, st
         assert sorted(m.value for m in history) == sorted([1.0, 0.5][:attempts])
     finally:
         stop()
+
+
+def test_pipeline_budget_loop_fails_over_budget_and_logs_each_attempt(tmp_path):
+    """The pipelines' budget loop (sparse_train with max_map_drop): attempts at x1.0 / x0.6 / x0.3 until one is
+    within budget; when none is, the step fails with one line (never ends silently over budget) and the run's
+    metric history holds every attempt. The attempt callback stands in for training (the pipeline test trains)."""
+    import mlflow
+    from mlflow_server import start_mlflow
+
+    from sparse_core.errors import UserError
+    from sparse_core.integrations.ultralytics.budget import stage_within_budget
+    from sparse_core.tracking import Tracker
+
+    uri, stop = start_mlflow(tmp_path / "mlflow", backend="sqlite")
+    try:
+        for maps, status in (([0.30, 0.35, 0.38], "over_budget"), ([0.30, 0.395], "within_budget")):
+            tracker = Tracker.start(uri, experiment="budget", run_name=status)
+            tried = []
+
+            def attempt(k, scale, maps=maps, tried=tried):
+                tried.append(scale)
+                return {"map50_95": maps[k], "weights": f"attempt{k}"}
+
+            if status == "over_budget":
+                with pytest.raises(UserError, match=r"over budget: 3 attempts .* than 1 mAP50-95 points .* \(best 0.3800\)"):
+                    stage_within_budget(1.0, 0.40, attempt, tracker, log=lambda m: None)
+            else:
+                result = stage_within_budget(1.0, 0.40, attempt, tracker, log=lambda m: None)
+                assert result["weights"] == "attempt1" and result["budget"]["status"] == status
+            tracker.finish()
+            run = mlflow.MlflowClient(uri).get_run(tracker.run_id)
+            assert run.data.tags["budget.status"] == status
+            history = mlflow.MlflowClient(uri).get_metric_history(tracker.run_id, "budget.scale")
+            assert sorted(m.value for m in history) == sorted(tried) and tried == [1.0, 0.6, 0.3][:len(maps)]
+    finally:
+        stop()

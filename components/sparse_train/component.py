@@ -25,6 +25,7 @@ def sparse_train(
     device: str = "",
     sparsity_target: float = -1.0,
     sparsity_arg: str = "final_sparsity",
+    max_map_drop: float = -1.0,
     teacher: Optional[Input[Model]] = None,
     mlflow_uri: str = "",
     experiment: str = "sparsepipe",
@@ -55,6 +56,9 @@ def sparse_train(
         device: Ultralytics device (``cpu``, ``0``); empty = GPU when present.
         sparsity_target: When >= 0, sets recipe variable ``sparsity_arg`` (the sweep's knob).
         sparsity_arg: Recipe variable that ``sparsity_target`` sets.
+        max_map_drop: When >= 0, the accuracy budget in mAP50-95 points against the start model: attempts with the
+            recipe's sparsity scaled by 1.0 / 0.6 / 0.3 until one is within it (each logged as step k of the
+            ``budget.*`` metrics); the step fails when none is.
         teacher: Optional fetch_checkpoint output of a distillation teacher.
         mlflow_uri: MLflow tracking URI; empty means ``$MLFLOW_TRACKING_URI`` (or no tracking).
         experiment: MLflow experiment name.
@@ -65,7 +69,7 @@ def sparse_train(
 
     result = steps.sparse_train(
         checkpoint=checkpoint.path, dataset=dataset.path, out=model.path,
-        recipe=steps.RecipeSettings(recipe, recipe_args, zoo, sparsity_target, sparsity_arg),
+        recipe=steps.RecipeSettings(recipe, recipe_args, zoo, sparsity_target, sparsity_arg, max_map_drop),
         train=steps.TrainSettings(epochs=epochs, imgsz=imgsz, batch=batch, workers=workers, seed=seed, device=device,
                                   teacher=teacher.path if teacher is not None else ""),
         ctx=steps.StepContext(mlflow_uri, experiment, parent_run_id, cache_dir))

@@ -140,3 +140,23 @@ def prepare_dataset(src, fmt: str, out, task: str = "detect", val_fraction: floa
         (tmp / "data.yaml").write_text(yaml.safe_dump(meta, sort_keys=False, allow_unicode=True))
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     return stats
+
+
+def prepare_source(data: str, data_format: str, out: Path, task: str, val_fraction: float, classes) -> dict:
+    """Prepare ``data`` into ``out``; an ``s3://`` prefix is downloaded to a scratch folder first."""
+    import shutil
+    import tempfile
+
+    src, scratch = data, None
+    if data.startswith("s3://"):
+        from sparse_core import s3
+
+        scratch = Path(tempfile.mkdtemp(prefix="sparsepipe-data-"))
+        src = str(s3.download_prefix(data, scratch))
+    try:
+        if out.exists():
+            out.rmdir()  # prepare writes a temp folder and renames it into place
+        return prepare_dataset(src, data_format, out, task=task, val_fraction=val_fraction, classes=classes)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)

@@ -270,3 +270,25 @@ def clear_cache() -> None:
     """Remove the zoo cache (tests, or to free disk)."""
     shutil.rmtree(cache.cache_root(), ignore_errors=True)
     os.makedirs(cache.cache_root(), exist_ok=True)
+
+
+def resolve_source(model: str, zoo: str) -> Path | None:
+    """Local file for ``model``; None for an Ultralytics model name (yaml bundled with Ultralytics)."""
+    if model.startswith("zoo:"):
+        return Path(resolve_model(model, zoo=zoo or None))
+    if model.startswith("s3://"):
+        from sparse_core import s3
+
+        return s3.download_file(model)
+    path = Path(model)
+    if path.is_file():
+        return path
+    if model.endswith((".yaml", ".yml")) and not path.parent.parts:
+        from ultralytics.nn.tasks import yaml_model_load
+
+        try:
+            yaml_model_load(model)
+        except (FileNotFoundError, OSError):
+            raise UserError(f"model {model}: neither a file nor an Ultralytics model yaml name") from None
+        return None
+    raise UserError(f"model {model}: not found; expected a zoo: stub, a .pt path, an s3:// URI or a model yaml")
