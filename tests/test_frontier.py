@@ -19,11 +19,12 @@ def test_frontier_quick_toy_run(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert frontier.main(["--quick", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
                           "--n-train", "24", "--n-val", "8", "--imgsz", "64", "--batch", "8", "--variants", "s50",
-                          "--epochs", "1", "--calib", "4", "--seconds", "0.2", "--speed-imgsz", "64",
+                          "--epochs", "1", "--prune-epochs", "2", "--qat-epochs", "1", "--calib", "4",
+                          "--seconds", "0.2", "--speed-imgsz", "64",
                           "--engines", "onnxruntime", "openvino", "--mlflow", uri]) == 0
     res = json.loads((tmp_path / "out" / "frontier-quick.json").read_text())
     rows = res["models"]["yolov8n"]
-    assert set(rows) == {"dense", "s50-kd", "s50-kd-qat", "ov-int8-ptq"}
+    assert set(rows) == {"dense", "dense-ft", "s50-kd", "s50-kd-qat", "ov-int8-ptq"}
     for variant, row in rows.items():
         assert 0.0 <= row["map50_95_onnxruntime"] <= 1.0, variant
         assert row["images_per_s_onnxruntime"] > 0 and row["images_per_s_openvino"] > 0, variant
@@ -31,9 +32,11 @@ def test_frontier_quick_toy_run(tmp_path, monkeypatch):
     assert rows["dense"]["speedup_vs_dense_onnxruntime"] == 1.0
     assert rows["ov-int8-ptq"]["speedup_vs_baseline_openvino"] == 1.0
     assert rows["s50-kd"]["conv_params"] < rows["dense"]["conv_params"] / 2  # thinned: fewer channels
+    assert rows["dense-ft"]["conv_params"] == rows["dense"]["conv_params"]  # the control: same recipe at 0%
     assert rows["s50-kd-qat"]["size_gzip_mb"] < rows["s50-kd"]["size_gzip_mb"]  # INT8 weights
     md = (tmp_path / "out" / "frontier-quick.md").read_text()
     assert all(f"| yolov8n | {v} |" in md for v in rows)
+    assert "- yolov8n: dense mAP50-95 " in md and "OpenVINO INT8 baseline drop vs the dense model it quantizes" in md
     png = (tmp_path / "out" / "frontier-quick.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     client = MlflowClient(uri)
