@@ -92,12 +92,14 @@ def recipe_within_budget(recipe, model: str, data_yaml: str, imgsz: int, out, ru
         folders[k] = out.with_name(f".{out.name}.attempt{k}")
         return run_stage(replace(recipe, recipe_args=json.dumps(args)).load(), folders[k])
 
-    result = stage_within_budget(float(recipe.max_map_drop), dense, attempt, tracker)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(folders[len(result["budget"]["attempts"]) - 1], out)
-    for folder in folders.values():
-        shutil.rmtree(folder, ignore_errors=True)
+    try:
+        result = stage_within_budget(float(recipe.max_map_drop), dense, attempt, tracker)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(folders[len(result["budget"]["attempts"]) - 1], out)
+    finally:  # over budget or interrupted: no attempt folder is left behind
+        for folder in folders.values():
+            shutil.rmtree(folder, ignore_errors=True)
     summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
     write_json(out / "summary.json", {**summary, "budget": result["budget"]})
     return result
