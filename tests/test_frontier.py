@@ -19,7 +19,7 @@ def test_frontier_quick_toy_run(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert frontier.main(["--quick", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
                           "--n-train", "24", "--n-val", "8", "--imgsz", "64", "--batch", "8", "--variants", "s50",
-                          "--epochs", "1", "--prune-epochs", "2", "--qat-epochs", "1", "--calib", "4",
+                          "--epochs", "1", "--prune-epochs", "2", "--calib", "4",
                           "--seconds", "0.2", "--speed-imgsz", "64",
                           "--engines", "onnxruntime", "openvino", "--mlflow", uri]) == 0
     res = json.loads((tmp_path / "out" / "frontier-quick.json").read_text())
