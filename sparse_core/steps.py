@@ -228,7 +228,8 @@ def sparse_train(checkpoint: str, dataset: str, out: str, recipe: RecipeSettings
             result = _budgeted(step, recipe, (model, model_sha, base), dataset, Path(out), train, tracker, ctx)
         from sparse_core.sensitivity.generate import provenance
 
-        _carry(Path(out), {"recipe_provenance": provenance(full.original_text) if full is not None else {}})
+        _carry(Path(out), {"budget": result.get("budget"),
+                           "recipe_provenance": provenance(full.original_text) if full is not None else {}})
         return result
 
 

@@ -73,14 +73,14 @@ def stage_within_budget(max_map_drop: float, dense_map: float, train_attempt, tr
 def recipe_within_budget(recipe, model: str, data_yaml: str, imgsz: int, out, run_stage, tracker) -> dict:
     """A pipeline step's budget loop: ``recipe`` (steps.RecipeSettings with ``max_map_drop``) trained by
     ``run_stage(resolved_recipe, folder)`` with its sparsity scaled by BACKOFF, each attempt in a folder beside
-    ``out``; the first within budget becomes ``out`` (its summary.json records every attempt)."""
+    ``out``; the first within budget becomes ``out``. The result's ``budget`` records every attempt (the step
+    writes it into ``out/summary.json`` with the other lineage it carries)."""
     import json
     import os
     import shutil
     from dataclasses import replace
     from pathlib import Path
 
-    from sparse_core.atomic import write_json
     from sparse_core.integrations.ultralytics.run import val
 
     out = Path(out)
@@ -100,8 +100,6 @@ def recipe_within_budget(recipe, model: str, data_yaml: str, imgsz: int, out, ru
     finally:  # over budget or interrupted: no attempt folder is left behind
         for folder in folders.values():
             shutil.rmtree(folder, ignore_errors=True)
-    summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
-    write_json(out / "summary.json", {**summary, "budget": result["budget"]})
     return result
 
 
