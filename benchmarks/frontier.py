@@ -123,33 +123,39 @@ def accuracy(folder: Path, data: Path, engine: str) -> float:
     return float(val_onnx(folder, data / "data.yaml", engine=engine)["map50_95"])
 
 
-def speed(folder: Path, engine: str, threads: int, seconds: float) -> dict | None:
-    """images/s of ``folder`` on ``engine`` (``sparse_core.bench``); None for DeepSparse without its side venv."""
-    from sparse_core.bench import benchmark
+def speeds(folders: dict[str, Path], engine: str, threads: int, seconds: float) -> dict[str, dict]:
+    """images/s of every variant's speed folder on ``engine``, all loaded together and timed interleaved
+    (``sparse_core.bench.benchmark_many``); {} for DeepSparse without its side venv."""
+    from sparse_core.bench import benchmark_many
     from sparse_core.errors import UserError
 
     try:
-        return benchmark(str(folder), engine=engine, threads=threads, seconds=seconds, warmup=5, profile_runs=0)
+        return benchmark_many(folders, engine=engine, threads=threads, seconds=seconds)
     except UserError as err:
         if engine == "deepsparse":
             log(f"deepsparse: not measured ({str(err)[:160]})")
-            return None
+            return {}
         raise
 
 
-def measure(args, data: Path, folders: dict[str, Path]) -> dict:
-    row = {}
-    for engine in ("onnxruntime", "openvino"):
-        row[f"map50_95_{engine}"] = accuracy(folders["acc"], data, engine)
-    for engine in args.engines:
-        res = speed(folders["speed"], engine, args.threads, args.seconds)
-        row[f"images_per_s_{engine}"] = None if res is None else round(float(res["images_per_s"]), 2)
-        if res and res.get("precision"):
-            row[f"precision_{engine}"] = str(res["precision"])
+def measure_accuracy(data: Path, folders: dict[str, Path]) -> dict:
+    row = {f"map50_95_{e}": accuracy(folders["acc"], data, e) for e in ("onnxruntime", "openvino")}
     info = json.loads((folders["speed"] / "export.json").read_text())
     row["size_gzip_mb"] = round(info.get("size_gzip_bytes", 0) / 1e6, 3)
     row["conv_params"] = info.get("conv_params")
     return row
+
+
+def measure_speed(args, rows: dict[str, dict], speed_folders: dict[str, Path]) -> None:
+    """images_per_s_<engine> (and precision_<engine>) into ``rows``, one engine at a time, variants interleaved."""
+    for engine in args.engines:
+        log(f"timing {len(speed_folders)} variants interleaved on {engine}, ~{args.seconds:g} s each")
+        res = speeds(speed_folders, engine, args.threads, args.seconds)
+        for variant, row in rows.items():
+            r = res.get(variant)
+            row[f"images_per_s_{engine}"] = None if r is None else round(float(r["images_per_s"]), 2)
+            if r and r.get("precision"):
+                row[f"precision_{engine}"] = str(r["precision"])
 
 
 # ---------------------------------------------------------------------------------------------------- reporting
@@ -188,8 +194,8 @@ def markdown(res: dict) -> str:
     lines = [f"Frontier on the hard data set ({res['data']}), {res['mode']} run, {res['date']}.",
              f"Machine: {res['machine']['cpu']}, {res['machine']['cpus']} CPUs; {res['machine']['load_start']} at the "
              f"start, {res['machine']['load_end']} at the end. Budget: {res['budget']}. Speed at "
-             f"{res['speed_imgsz']} px, batch 1, {res['threads']} threads, {res['seconds']} s per model and engine; "
-             "OpenVINO at its default precision. n/a: not measured here (see notes).", "",
+             f"{res['speed_imgsz']} px, batch 1, {res['threads']} threads, {res['seconds']} s per model and engine, "
+             "all variants of a model timed interleaved in one process; OpenVINO at its default precision. n/a: not measured here (see notes).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for base, rows in res["models"].items():
         for variant, r in rows.items():
@@ -326,11 +332,14 @@ def main(argv=None) -> int:
            "seconds": args.seconds, "machine": machine, "models": {}, "notes": []}
     for base in args.models:
         specs, _ = build(args, work, data, base)
-        rows = {}
+        rows, speed_folders = {}, {}
         for variant, spec in specs.items():
             folders = deployments(args, work, data, base, variant, spec)
-            rows[variant] = {**measure(args, data, folders), "train_seconds": round(spec["seconds"])}
-            log(f"{base} {variant}: {rows[variant]}")
+            rows[variant] = {**measure_accuracy(data, folders), "train_seconds": round(spec["seconds"])}
+            speed_folders[variant] = folders["speed"]
+        measure_speed(args, rows, speed_folders)
+        for variant, row in rows.items():
+            log(f"{base} {variant}: {row}")
         ratios(rows, args.engines)
         for variant, row in rows.items():
             track(uri, base, variant, row, specs[variant], machine)

@@ -90,6 +90,22 @@ def test_seconds_budget(deployments):
     assert r["iterations"] >= 1 and r["wall_s"] >= 0.3
 
 
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_benchmark_many_times_every_model_interleaved(deployments, engine):
+    from sparse_core.bench import benchmark_many
+    from sparse_core.errors import UserError
+
+    res = benchmark_many({"dense": deployments["dense"], "pruned": deployments["pruned"] / "model.onnx"},
+                         engine=engine, threads=1, warmup=1, seconds=0.3)
+    assert set(res) == {"dense", "pruned"}
+    for r in res.values():  # each model got its own share of the timed blocks, consistent summaries
+        assert r["iterations"] >= 2 and r["engine"] == engine and r["precision"] and r["input_shape"] == [1, 3, 64, 64]
+        assert r["images_per_s"] == pytest.approx(1e3 / r["latency_ms"]["mean"], rel=1e-3)
+    assert res["pruned"]["sparsity"] > 0.49 > 0.01 > res["dense"]["sparsity"]
+    with pytest.raises(UserError, match="input shapes differ"):
+        benchmark_many({"a": deployments["dense"], "b": deployments["dense96"]}, seconds=0.1)
+
+
 def test_cpu_flags_parsed_from_cpuinfo(tmp_path):
     f = tmp_path / "cpuinfo"
     f.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu sse2 avx avx2 fma\n\n"
