@@ -34,8 +34,9 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-VARIANTS = ("dense", "thin", "pq")
-LABELS = {"dense": "dense FP32", "thin": "thin FP32 (75% channels removed)", "pq": "PQ (thin + INT8 QAT)"}
+VARIANTS = ("dense", "thin", "pq", "thin16", "pq16")
+LABELS = {"dense": "dense FP32", "thin": "thin FP32 (75% channels removed)", "pq": "PQ (thin + INT8 QAT)",
+          "thin16": "thin with every kept width a multiple of 16 (channel_multiple: 16)", "pq16": "thin16 + INT8 QAT"}
 QAT_RECIPE = """# INT8 QAT of the thin model; per-tensor weights (DeepSparse compiles only scalar weight scales natively).
 # (QAT starts at 0.1: with start_epoch 0 the EMA keeps 1-element fake-quant scales and its update fails.)
 version: 1.1.0
@@ -104,6 +105,15 @@ def build(args, work: Path, data: Path, size: str) -> dict[str, Path]:
     recipe = w / "qat.yaml"
     write_atomic(recipe, QAT_RECIPE.format(epochs=q, lr=args.qat_lr, final_lr=args.qat_lr / 100, freeze=q - 1))
     ckpts["pq"] = train_stage("pq", args, w, data, model=str(ckpts["thin"]), recipe=str(recipe))
+    if args.channel_multiple:  # the same pruning with INT8-friendly kept widths (no conv below M output channels)
+        m = args.channel_multiple
+        thin_recipe = w / f"structured_m{m}.yaml"
+        text = recipe_path("structured_prune.yaml").read_text()
+        write_atomic(thin_recipe, text.replace("    mask_type: filter", f"    mask_type: filter\n    channel_multiple: {m}"))
+        ckpts["thin16"] = train_stage(f"thin_m{m}", args, w, data, model=str(ckpts["dense"]), recipe=str(thin_recipe),
+                                      recipe_args={"num_epochs": e, "pruning_end_epoch": max(1, round(e * 0.6)),
+                                                   "final_sparsity": args.channel_sparsity})
+        ckpts["pq16"] = train_stage(f"pq_m{m}", args, w, data, model=str(ckpts["thin16"]), recipe=str(recipe))
     return ckpts
 
 
@@ -167,7 +177,7 @@ def load_column(rows: dict, engine: str, precision: str | None, imgsz: int, thre
     for name, row in rows.items():
         path = deployment_model(row["deploy"])
         if engine == "openvino-nncf-int8":
-            if row["variant"] != "pq":  # PQ is INT8 already (QAT)
+            if not row["variant"].startswith("pq"):  # PQ is INT8 already (QAT)
                 loaded[name] = engines.openvino(Path(row["nncf_int8"]), x, threads, precision)
         elif engine == "onnxruntime":
             loaded[name] = engines.onnxruntime(path, x, threads, spinning=False)
@@ -211,7 +221,7 @@ def measure(args, rows: dict) -> dict:
                                       "p50_ms": round(float(np.median(v)) * 1e3, 2), "iterations": len(v)}
         if engine == "onnxruntime" or (engine == "openvino" and precision is None):
             for name in loaded:
-                if rows[name]["variant"] in ("thin", "pq"):
+                if rows[name]["variant"] != "dense":
                     profiles[f"{name}|{col}"] = _profile(loaded[name], rows[name], args.profile_runs)
         for m in loaded.values():
             m.close()
@@ -273,6 +283,14 @@ def targets(res: dict, sizes: list[str]) -> list[str]:
         checks = [("PQ >= 1.3x thin on onnxruntime", _ratio(res, size, "pq", "thin", ort) >= 1.3),
                   ("PQ >= 1.3x thin on OpenVINO default", _ratio(res, size, "pq", "thin", "openvino|default") >= 1.3),
                   ("PQ on onnxruntime >= 4x dense", _ratio(res, size, "pq", "dense", ort) >= 4)]
+        if f"v8{size}-pq16|{ort}" in res["cells"]:
+            for col in (ort, "openvino|default"):
+                out.append(f"- v8{size} {col}, kept widths multiples of 16: PQ16/thin16 "
+                           f"{_ratio(res, size, 'pq16', 'thin16', col):.2f}x, PQ16/thin (best FP32 thin) "
+                           f"{_ratio(res, size, 'pq16', 'thin', col):.2f}x, thin16/thin "
+                           f"{_ratio(res, size, 'thin16', 'thin', col):.2f}x")
+            checks += [(f"PQ16 >= 1.3x thin16 on {e}", _ratio(res, size, "pq16", "thin16", c) >= 1.3)
+                       for e, c in (("onnxruntime", ort), ("OpenVINO default", "openvino|default"))]
         ds = res["cells"].get(f"v8{size}-pq|deepsparse|default")
         if ds:
             checks.append(("DeepSparse compiles >= 90% of PQ natively", (ds["native_share"] or 0) >= 0.9))
@@ -312,7 +330,9 @@ def markdown(res: dict, rows: dict, args, loads: tuple) -> str:
         f"- Training (speed does not depend on the weights): {args.n_train} images at {args.train_imgsz} px; dense "
         f"{args.dense_epochs} epochs from the yaml, thin +{args.prune_epochs} epochs structured GMP removing "
         f"{args.channel_sparsity:.0%} of every coupled channel group, PQ +{max(args.qat_epochs, 2)} epochs INT8 QAT "
-        "(per-tensor weights). DeepSparse runs `model.deepsparse.onnx`; its cell says how much it compiled natively.",
+        "(per-tensor weights)"
+        + (f"; thin16/pq16: the same with `channel_multiple: {args.channel_multiple}` (every kept width a multiple of "
+           f"{args.channel_multiple}, none below it)" if args.channel_multiple else "") + ". DeepSparse runs `model.deepsparse.onnx`; its cell says how much it compiled natively.",
         "",
         *speed_table(res, rows), "",
         "Ratios and the issue's targets in this run:", "", *targets(res, args.models), "",
@@ -339,6 +359,8 @@ def main() -> int:
     ap.add_argument("--qat-epochs", type=int, default=3)
     ap.add_argument("--qat-lr", type=float, default=1e-3)
     ap.add_argument("--channel-sparsity", type=float, default=0.75, help="structured: channels removed per group")
+    ap.add_argument("--channel-multiple", type=int, default=16,
+                    help="also build thin16/pq16 with this channel_multiple (0: skip)")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--seconds", type=float, default=3.0, help="timed seconds per model x engine (interleaved)")
     ap.add_argument("--warmup", type=int, default=3)
@@ -360,7 +382,7 @@ def main() -> int:
     ckpts = {(size, v): p for size in args.models for v, p in build(args, work, data, size).items()}
     rows = export_all(args, work, data, ckpts)
     for row in rows.values():
-        if row["variant"] != "pq":
+        if not row["variant"].startswith("pq"):
             row["nncf_int8"] = str(nncf_int8(row, data, args.imgsz))
     start_load = os.getloadavg()[0]
     log(f"CPU ISA {cpu_info()['isa']}; load average {start_load:.1f}")

@@ -34,8 +34,10 @@ pruning_modifiers:
     start_epoch: 0.0
     end_epoch: 2.0
     update_frequency: 0.5
-    mask_type: filter
+    mask_type: filter{extra}
 """
+
+PLAIN_RECIPE = RECIPE.format(type="GMPruningModifier", params="__ALL_PRUNABLE__", final=0.5, extra="")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -64,10 +66,10 @@ def build(cfg: str, seed: int = 0) -> nn.Module:
 
 
 def prune(model: nn.Module, final: float = 0.5, params: str = "__ALL_PRUNABLE__",
-          type_: str = "GMPruningModifier") -> RecipeManager:
+          type_: str = "GMPruningModifier", extra: str = "") -> RecipeManager:
     """Run a filter GMP schedule to its end on ``model`` (weights masked in place)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    mgr = RecipeManager(load_recipe(RECIPE.format(type=type_, params=params, final=final)), model, opt,
+    mgr = RecipeManager(load_recipe(RECIPE.format(type=type_, params=params, final=final, extra=extra)), model, opt,
                         steps_per_epoch=2)
     mgr.initialize(0.0)
     for epoch in (0.5, 1.0, 1.5, 2.0):
@@ -180,6 +182,23 @@ def test_c2f_halves_stay_equal_and_widths_round_to_multiple():
     assert keep_count(12, 0.6) == 5 and keep_count(4, 0.9) == 1
 
 
+def test_channel_multiple_keeps_int8_friendly_widths():
+    """channel_multiple: 16 -> every pruned conv keeps a multiple of 16 output channels, none below 16."""
+    model = build("yolov8n.yaml")
+    dense = {n: m.out_channels for n, m in build("yolov8n.yaml").named_modules() if type(m) is nn.Conv2d}
+    prune(model, 0.75, extra="\n    channel_multiple: 16").finalize()
+    thin_model(model, imgsz=IMGSZ)
+    widths = {n: m.out_channels for n, m in model.named_modules() if type(m) is nn.Conv2d}
+    changed = {n: w for n, w in widths.items() if w != dense[n]}
+    assert len(changed) > 30 and all(w % 16 == 0 for w in changed.values()), changed
+    assert widths["model.0.conv"] == 16 and widths["model.9.cv2.conv"] == 64  # 16 kept whole; 256 -> 64
+    assert keep_count(24, 0.75, 16) == 16 and keep_count(8, 0.75, 16) == 8 and keep_count(256, 0.6, 16) == 112
+    bad = RECIPE.format(type="GMPruningModifier", params="__ALL_PRUNABLE__", final=0.5,
+                        extra="\n    channel_multiple: 0")
+    with pytest.raises(UserError, match="channel_multiple"):
+        load_recipe(bad)
+
+
 def test_selection_and_schedule():
     # only the backbone's first two convs selected: only their channels go, nothing else changes
     model = build("yolov8n.yaml")
@@ -194,7 +213,7 @@ def test_selection_and_schedule():
     # cubic schedule: sparsity rises over updates, pruned channels stay pruned; state round-trips (resume)
     model = build("yolov8n.yaml")
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    mgr = RecipeManager(load_recipe(RECIPE.format(type="GMPruningModifier", params="__ALL_PRUNABLE__", final=0.5)),
+    mgr = RecipeManager(load_recipe(PLAIN_RECIPE),
                         model, opt)
     mgr.initialize(0.0)
     pruned = []
@@ -217,13 +236,13 @@ def test_bad_recipes_and_models():
         prune(build("yolov8n.yaml"), type_="GlobalMagnitudePruningModifier")
     with pytest.raises(UserError, match="select no prunable channel"):
         prune(build("yolov8n.yaml"), params="['model.22.cv2.0.2.weight', 'model.22.cv3.0.2.weight']")
-    combined = RECIPE.format(type="GMPruningModifier", params="__ALL_PRUNABLE__", final=0.5) + (
+    combined = PLAIN_RECIPE + (
         "quantization_modifiers:\n  - !QuantizationModifier\n    start_epoch: 1.0\n")
     with pytest.raises(NotSupportedYet, match="then QAT on its thinned last.pt"):
         RecipeManager(load_recipe(combined), build("yolov8n.yaml")).initialize(0.0)
     plain = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
     with pytest.raises(UserError, match="mask_type: filter: structured pruning needs an Ultralytics model"):
-        RecipeManager(load_recipe(RECIPE.format(type="GMPruningModifier", params="__ALL_PRUNABLE__", final=0.5)),
+        RecipeManager(load_recipe(PLAIN_RECIPE),
                       plain).initialize(0.0)
     # a dense model has nothing identically zero: thinning is a no-op and does not mark it
     dense = build("yolov8n.yaml")
@@ -251,7 +270,7 @@ def test_train_thin_save_validate_export_retrain(tmp_path):
     recipe = tmp_path / "filter.yaml"
     # 40% of channels: measured mAP50 0.81 -> 0.75 after 6 epochs (50% collapsed to 0 and did not recover in 10)
     recipe.write_text("modifiers:\n  - !EpochRangeModifier\n    start_epoch: 0\n    end_epoch: 6\n"
-                      + RECIPE.format(type="GMPruningModifier", params="__ALL_PRUNABLE__", final=0.4)
+                      + RECIPE.format(type="GMPruningModifier", params="__ALL_PRUNABLE__", final=0.4, extra="")
                       .replace("end_epoch: 2.0", "end_epoch: 1.0"))
     assert dense["map50"] > 0.3, dense
     summary = train(model=dense["weights"]["best"], data=str(data), recipe=str(recipe), imgsz=IMGSZ, batch=16,

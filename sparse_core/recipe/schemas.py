@@ -222,9 +222,16 @@ class GMPruningModifier(Modifier):
     global_sparsity: bool = False
     leave_enabled: bool = True
     mask_type: Literal["unstructured", "block", "block4", "channel", "filter"] | list[Int] = "unstructured"
+    # sparsepipe extension (mask_type: filter only): every kept width a multiple of this, never below it. Unset:
+    # multiples of 8 in groups of 16+ channels. 16 suits INT8 kernels (fewer than 16 output channels run slower in
+    # int8 than in FP32 on onnxruntime; see benchmarks/results/speed.md)
+    channel_multiple: Int | None = None
 
     def problems(self):
         yield from super().problems()
+        if self.channel_multiple is not None and (self.channel_multiple < 1 or self.mask_type != "filter"):
+            yield "channel_multiple", (f"{self.channel_multiple} is invalid here; expected a positive integer with "
+                                       "mask_type: filter")
         if self.start_epoch < 0:
             yield "start_epoch", f"start_epoch {self.start_epoch:g} is negative"
         if self.end_epoch > self.start_epoch and self.update_frequency <= 0:

@@ -8,7 +8,8 @@ Recipe semantics (SparseML's field names, YOLO-aware meaning):
 - ``final_sparsity`` is the fraction of channels removed from every coupled group (per group, not per weight),
   reached along ``inter_func`` from ``init_sparsity`` between ``start_epoch`` and ``end_epoch``, updated every
   ``update_frequency`` epochs. Kept counts are rounded up to a multiple of ``CHANNEL_MULTIPLE`` (SIMD-friendly
-  widths) in groups of at least twice that size; a C2f's two chunk halves keep the same count.
+  widths) in groups of at least twice that size; a C2f's two chunk halves keep the same count. ``channel_multiple:
+  M`` (our extension) makes every kept count a multiple of M and never below M (or the group's size if smaller).
 - A channel's importance is the L2 norm of its BatchNorm-folded filter (mean over the slots of a coupled unit);
   pruned channels score lowest, so they stay pruned while sparsity rises.
 
@@ -32,11 +33,14 @@ from sparse_core.structured.graph import ChannelGraph, Group, trace
 CHANNEL_MULTIPLE = 8
 
 
-def keep_count(n: int, sparsity: float, multiple: int = CHANNEL_MULTIPLE) -> int:
-    """Channels kept of ``n`` at ``sparsity``: rounded up to ``multiple`` when n >= 2 * multiple, at least 1."""
+def keep_count(n: int, sparsity: float, multiple: int | None = None) -> int:
+    """Channels kept of ``n`` at ``sparsity``. Default: rounded up to ``CHANNEL_MULTIPLE`` when n >= 2 * that, at
+    least 1. With ``multiple``: rounded up to it and never below it (at most n)."""
     keep = n - int(round(sparsity * n))
-    if n >= 2 * multiple:
-        keep = min(n, math.ceil(keep / multiple) * multiple)
+    if multiple is not None:
+        return min(n, max(multiple, math.ceil(keep / multiple) * multiple))
+    if n >= 2 * CHANNEL_MULTIPLE:
+        keep = min(n, math.ceil(keep / CHANNEL_MULTIPLE) * CHANNEL_MULTIPLE)
     return max(keep, 1)
 
 
@@ -154,7 +158,7 @@ class StructuredGMPExecutor(GMPSchedule):
             scores = self._scores(group, self.pruned[k], slot_scores)
             pruned: set[int] = set()
             for seg in group.segments:
-                n_prune = len(seg) - keep_count(len(seg), target)
+                n_prune = len(seg) - keep_count(len(seg), target, m.channel_multiple)
                 pruned.update(sorted(seg, key=lambda i: scores[i])[:n_prune])
             self.pruned[k] = pruned
         self.masks = self._build_masks()
