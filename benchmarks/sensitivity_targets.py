@@ -6,10 +6,11 @@ on each engine, and the generated recipe vs a uniform-width recipe at equal meas
 
 Step 1 runs ``sparsepipe analyze`` (or reuses OUT/analysis/analysis.json). Step 2, per engine and target: the plan's
 per-group sparsities applied one-shot (lowest-magnitude channels removed, as training's final masks would), the
-thinned model exported and timed on that engine; the error is predicted/measured - 1. Step 3 (unless
---skip-train): the middle target's generated recipe and the shipped uniform structured recipe, its final_sparsity
-picked from the analysis levels so its measured latency is closest to the generated model's, both trained with KD
-from the dense model for the same epochs; mAP50-95 of both from `sparsepipe val`. Writes OUT/results.json + .md.
+thinned model exported and timed on that engine, all plans and the dense model in the same interleaved rounds;
+the error is predicted/measured - 1 (ms) and predicted/measured speedup - 1. Step 3 (unless --skip-train,
+benchmarks/sensitivity_training.py): the generated recipe for the uniform-50% plan's predicted latency and that
+uniform recipe, both trained with KD from the dense model for the same epochs, timed together; mAP50-95 of both
+from `sparsepipe val`. Writes OUT/results.json + .md.
 """
 
 from __future__ import annotations
@@ -125,6 +126,12 @@ def main(argv=None) -> int:
               f"{r['predicted_speedup']:.2f}x | {r['measured_speedup_now']:.2f}x | {100 * r['speedup_error']:+.1f}% |"
               if "error" in r else f"| {r['engine']} | {r['target_speedup']:g}x | unreachable | | | | | | |"
               for r in results["latency"]]
+    acc = results.get("accuracy")
+    if acc:
+        lines += ["", "| recipe | mAP50-95 (full val) | measured ms (interleaved) |", "|---|---|---|"]
+        lines += [f"| {k} | {acc[k]['map50_95']:.3f} | {acc[k]['measured_ms']:.2f} |" for k in ("generated", "uniform")]
+        lines += ["", f"generated - uniform: {acc['map_gain_points']:+.1f} mAP50-95 points at a speed ratio "
+                  f"(uniform ms / generated ms) of {acc['speed_ratio']:.3f}"]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

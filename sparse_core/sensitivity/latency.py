@@ -18,7 +18,6 @@ import copy
 import json
 import os
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,6 @@ from sparse_core.structured.graph import ChannelGraph
 from sparse_core.structured.thin import thin_model
 
 ENGINES = ("onnxruntime", "openvino")
-ROUNDS = 3
 
 
 def check_engine(engine: str) -> None:
@@ -82,32 +80,25 @@ def _openvino(path: Path, threads: int, perf: bool = False):
     return compiled.create_infer_request()
 
 
-def measure_ms(path: Path, engine: str, imgsz: int, seconds: float = 3.0, threads: int | None = None) -> float:
-    """Median latency (ms) of one image on ``engine``."""
+def measure_rounds(paths: list[Path], engine: str, imgsz: int, seconds: float = 3.0,
+                   threads: int | None = None) -> list[float]:
+    """Median latency (ms) of each model, all loaded at once and timed interleaved in ~0.2 s ABBA blocks
+    (``sparse_core.bench.runner.interleaved``), ~``seconds`` each: load that drifts on a shared CPU hits every model
+    alike. (Rounds of one model for seconds at a time let a few-second disturbance land on one model: once it put
+    two OpenVINO plans 27-30% off their earlier and later measurements.)"""
+    from sparse_core.bench import engines
+    from sparse_core.bench.runner import interleaved
+
     threads = _threads(threads)
-    if engine == "onnxruntime":
-        from sparse_core.bench.runner import benchmark
-
-        return float(benchmark(path, engine="onnxruntime", batch=1, imgsz=imgsz, threads=threads, warmup=3,
-                               seconds=seconds)["latency_ms"]["p50"])
-    req = _openvino(path, threads)
     x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
-    for _ in range(3):
-        req.infer({0: x})
-    times, start = [], time.perf_counter()
-    while time.perf_counter() - start < seconds or len(times) < 5:
-        t0 = time.perf_counter()
-        req.infer({0: x})
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
-
-
-def measure_rounds(paths: list[Path], engine: str, imgsz: int, seconds: float = 3.0, threads: int | None = None,
-                   rounds: int = ROUNDS) -> list[float]:
-    """Median over ``rounds`` interleaved passes of each model's median latency: load that drifts on a shared CPU
-    then hits every model alike instead of whichever was measured during a busy spell."""
-    runs = [[measure_ms(p, engine, imgsz, seconds / rounds, threads) for p in paths] for _ in range(rounds)]
-    return [float(np.median([r[i] for r in runs])) for i in range(len(paths))]
+    loaded = [engines.onnxruntime(p, x, threads, spinning=False) if engine == "onnxruntime" else
+              engines.openvino(p, x, threads) for p in paths]
+    try:
+        lat = interleaved({str(i): m.run for i, m in enumerate(loaded)}, 3, seconds * len(paths))
+    finally:
+        for m in loaded:
+            m.close()
+    return [float(np.median(lat[str(i)]) * 1e3) for i in range(len(paths))]
 
 
 def _module_of(node: str, convs: set[str]) -> str | None:
