@@ -192,7 +192,8 @@ def markdown(res: dict) -> str:
     head = ["model", "variant", "mAP50-95 ort", "mAP50-95 OV", "drop vs dense (pts, the better of dense/dense-ft)", *[f"img/s {e}" for e in engines],
             "x dense (ort)", "x baseline (OV)", "gzip MB", "train s"]
     lines = [f"Frontier on the hard data set ({res['data']}), {res['mode']} run, {res['date']}.",
-             f"Machine: {res['machine']['cpu']}, {res['machine']['cpus']} CPUs; {res['machine']['load_start']} at the "
+             f"Machine: {res['machine']['cpu']} (ISA {res['machine'].get('isa') or 'n/a'}), {res['machine']['cpus']} "
+             f"CPUs; {res['machine']['load_start']} at the "
              f"start, {res['machine']['load_end']} at the end. Budget: {res['budget']}. Speed at "
              f"{res['speed_imgsz']} px, batch 1, {res['threads']} threads, {res['seconds']} s per model and engine, "
              "all variants of a model timed interleaved in one process; OpenVINO at its default precision. n/a: not measured here (see notes).", "",
@@ -318,7 +319,8 @@ def main(argv=None) -> int:
     work = args.work / ("quick" if args.quick else "full")
     work.mkdir(parents=True, exist_ok=True)
     uri = args.mlflow or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{work / 'mlflow.db'}"
-    machine = {"cpu": cpu_info().get("model") or platform.processor(), "cpus": os.cpu_count(),
+    machine = {"cpu": cpu_info().get("model") or platform.processor(), "isa": cpu_info().get("isa"),
+               "cpus": os.cpu_count(),
                "load_start": load_line()}
     log(f"{machine['cpu']}; {machine['load_start']}")
     data = work / "data"
