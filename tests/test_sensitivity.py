@@ -41,6 +41,7 @@ def test_analysis_content(analysis):
     tmp, _, _, summary = analysis
     a = json.loads((tmp / "an" / "analysis.json").read_text())
     assert summary["groups"] == len(a["groups"]) == 51  # YOLOv8n's coupled groups
+    assert a["head_inputs"] == ["model.15", "model.18", "model.21"]
     assert (tmp / "an" / "sensitivity.png").stat().st_size > 1000 and (tmp / "an" / "latency_share.png").exists()
     lat = a["latency"]["onnxruntime"]
     assert [p["level"] for p in lat["calibration"]] == [0.0, 0.5, 0.75] and lat["dense_ms"] > 0
@@ -76,7 +77,9 @@ def test_generate_meets_target_and_check_accepts(analysis):
     plan = json.loads(r.stdout.strip().splitlines()[-1])
     text = out.read_text()
     assert f"{plan['predicted_ms']:.2f} ms" in text and "mAP50-95 drop" in text
-    assert "mask_type: filter" in text and "!OutputDistillationModifier" in text and "!QuantizationModifier" in text
+    assert "mask_type: filter" in text and "!DistillationModifier" in text and "!QuantizationModifier" in text
+    # the shipped structured_kd template: LR held while channels go, then annealed; the head's inputs imitated
+    assert "lr_func: cosine" in text and "student_layer_names: [model.15, model.18, model.21]" in text
     r = cli("recipe", "check", out, "--model", "yolov8n.yaml", "--strict", "--json")
     assert r.returncode == 2 and "--staged" in r.stderr  # one run cannot thin channels and run QAT ...
     r = cli("recipe", "check", out, "--model", "yolov8n.yaml", "--strict", "--staged", "--json")  # ... stages can

@@ -103,6 +103,7 @@ def analyze(model_path: str, data: str, out: str, engines: tuple[str, ...] = ("o
               "data": str(data), "levels": levels, "imgsz": imgsz, "accuracy_imgsz": acc_imgsz,
               "subset": {"val_images": len(subsets.val.dataset), "calib_images": len(subsets.calib.dataset)},
               "dense": dense, "groups": rows, "structure": struct, "latency": latency,
+              "head_inputs": [f"model.{i}" for i in model.model[-1].f],  # layers the Detect head reads (KD)
               "timing": {"accuracy_s": round(t_acc, 1), "total_s": round(time.perf_counter() - t0, 1),
                          "loadavg_1m": os.getloadavg()[0], "cpus": len(os.sched_getaffinity(0))}}
     _write(result, out, tracking_uri, experiment)
