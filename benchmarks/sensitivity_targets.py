@@ -52,8 +52,7 @@ def latency_check(analysis: dict, model, engines, targets, seconds) -> list[dict
                 paths.append(lat.export_onnx(lat.thinned(model, g, groups, plan["sparsity"]), analysis["imgsz"],
                                              Path(tmp) / f"{engine}{t}.onnx"))
             d_path = lat.export_onnx(model, analysis["imgsz"], Path(tmp) / "d.onnx")
-            *measured, dense_now = lat.measure_rounds([*paths, d_path], engine, analysis["imgsz"],
-                                                      seconds * (len(paths) + 1))
+            *measured, dense_now = lat.measure_rounds([*paths, d_path], engine, seconds * (len(paths) + 1))
             for (t, plan), ms in zip(plans, measured):
                 predicted_speedup, measured_speedup = dense / plan["predicted_ms"], dense_now / ms
                 rows.append({"engine": engine, "target_speedup": t, "predicted_ms": plan["predicted_ms"],

@@ -59,8 +59,8 @@ def generated_vs_uniform(args, analysis: dict, engine: str, _target: float, out:
                                       max(1, round(0.6 * args.train_epochs)), False, 1, f"{target_ms:.2f} ms"))
         res[name] = _train_and_score(args, recipe, name, out)
         print(json.dumps({name: res[name]}), flush=True)
-    gen_ms, uni_ms = lat.measure_rounds([out / "deploy_generated" / "model.onnx", out / "deploy_uniform" / "model.onnx"],
-                                        engine, args.imgsz, 2 * args.seconds)
+    deployed = [out / f"deploy_{name}" / "model.onnx" for name in ("generated", "uniform")]
+    gen_ms, uni_ms = lat.measure_rounds(deployed, engine, 2 * args.seconds)
     res["generated"]["measured_ms"], res["uniform"]["measured_ms"] = gen_ms, uni_ms
     res["map_gain_points"] = 100 * (res["generated"]["map50_95"] - res["uniform"]["map50_95"])
     res["speed_ratio"] = uni_ms / gen_ms

@@ -92,6 +92,21 @@ def _load(m: _Model, x: np.ndarray, engine: str, threads: int, precision: str | 
     m.run, m.engine_version, m.precision, m.loaded = loaded.run, loaded.version, loaded.precision, loaded
 
 
+def default_threads(threads: int | None) -> int:
+    """``threads``, or the CPUs this process may use."""
+    return threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def _model_under_test(p: str | os.PathLike, engine: str, batch: int | None, imgsz: int | None) -> _Model:
+    """A model file (or deployment folder) read for timing: its input shape and file facts, not yet compiled."""
+    path = deployment_model(p)
+    if engine == "deepsparse" and (path.parent / DEEPSPARSE_FILE).is_file():
+        path = path.parent / DEEPSPARSE_FILE  # the QDQ export's QLinearConv form, what DeepSparse compiles
+    proto = graph.load_onnx(path)
+    shape, dtype = _input_shape(path, proto, batch, imgsz)
+    return _Model(path, shape, _facts(path, proto), dtype)
+
+
 def _check_args(engine, batch, imgsz, threads, warmup, iterations, seconds, precision=None) -> None:
     if engine not in ENGINES:
         raise UserError(f"--engine: {engine!r} is not supported; expected one of {', '.join(ENGINES)}")
@@ -202,17 +217,10 @@ def benchmark(
     ``profile_runs``: runs under the engine's profiler after timing (0: no profile).
     """
     _check_args(engine, batch, imgsz, threads, warmup, iterations, seconds, precision)
-    threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    threads = default_threads(threads)
     if iterations is None and seconds is None:
         seconds = DEFAULT_SECONDS
-    models = []
-    for p in [model] + ([compare] if compare is not None else []):
-        path = deployment_model(p)
-        if engine == "deepsparse" and (path.parent / DEEPSPARSE_FILE).is_file():
-            path = path.parent / DEEPSPARSE_FILE  # the QDQ export's QLinearConv form, what DeepSparse compiles
-        proto = graph.load_onnx(path)
-        shape, dtype = _input_shape(path, proto, batch, imgsz)
-        models.append(_Model(path, shape, _facts(path, proto), dtype))
+    models = [_model_under_test(p, engine, batch, imgsz) for p in [model] + ([compare] if compare is not None else [])]
     if len(models) == 2 and models[0].input_shape != models[1].input_shape:
         raise UserError(f"--compare: {models[1].path} input shape {models[1].input_shape} differs from "
                         f"{models[0].path} {models[0].input_shape}; expected both exported at the same --imgsz/--batch")
@@ -250,15 +258,8 @@ def benchmark_many(models: dict[str, str | os.PathLike], engine: str = "onnxrunt
     ``benchmark``'s rules, ``seconds`` each: load drift on a shared CPU then hits every model alike, so ratios
     between them hold (timing them one after another gave +-25% between runs of the frontier). One summary each."""
     _check_args(engine, None, None, threads, warmup, None, seconds, precision)
-    threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    loaded: dict[str, _Model] = {}
-    for name, p in models.items():
-        path = deployment_model(p)
-        if engine == "deepsparse" and (path.parent / DEEPSPARSE_FILE).is_file():
-            path = path.parent / DEEPSPARSE_FILE
-        proto = graph.load_onnx(path)
-        shape, dtype = _input_shape(path, proto, None, None)
-        loaded[name] = _Model(path, shape, _facts(path, proto), dtype)
+    threads = default_threads(threads)
+    loaded = {name: _model_under_test(p, engine, None, None) for name, p in models.items()}
     shapes = {tuple(m.input_shape) for m in loaded.values()}
     if len(shapes) > 1:
         raise UserError(f"models: input shapes differ ({sorted(shapes)}); expected all exported at the same size")

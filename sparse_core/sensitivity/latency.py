@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sparse_core.bench.runner import default_threads
 from sparse_core.errors import UserError
 from sparse_core.sensitivity.groups import GroupInfo, widths, zero_group
 from sparse_core.structured.graph import ChannelGraph
@@ -66,10 +66,6 @@ def export_onnx(model: torch.nn.Module, imgsz: int, path: Path) -> Path:
     return path
 
 
-def _threads(threads: int | None) -> int:
-    return threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-
-
 def _openvino(path: Path, threads: int, perf: bool = False):
     import openvino as ov
 
@@ -80,25 +76,16 @@ def _openvino(path: Path, threads: int, perf: bool = False):
     return compiled.create_infer_request()
 
 
-def measure_rounds(paths: list[Path], engine: str, imgsz: int, seconds: float = 3.0,
-                   threads: int | None = None) -> list[float]:
+def measure_rounds(paths: list[Path], engine: str, seconds: float = 3.0, threads: int | None = None) -> list[float]:
     """Median latency (ms) of each model, all loaded at once and timed interleaved in ~0.2 s ABBA blocks
-    (``sparse_core.bench.runner.interleaved``), ~``seconds`` each: load that drifts on a shared CPU hits every model
+    (``sparse_core.bench.benchmark_many``), ~``seconds`` each: load that drifts on a shared CPU hits every model
     alike. (Rounds of one model for seconds at a time let a few-second disturbance land on one model: once it put
     two OpenVINO plans 27-30% off their earlier and later measurements.)"""
-    from sparse_core.bench import engines
-    from sparse_core.bench.runner import interleaved
+    from sparse_core.bench import benchmark_many
 
-    threads = _threads(threads)
-    x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
-    loaded = [engines.onnxruntime(p, x, threads, spinning=False) if engine == "onnxruntime" else
-              engines.openvino(p, x, threads) for p in paths]
-    try:
-        lat = interleaved({str(i): m.run for i, m in enumerate(loaded)}, 3, seconds * len(paths))
-    finally:
-        for m in loaded:
-            m.close()
-    return [float(np.median(lat[str(i)]) * 1e3) for i in range(len(paths))]
+    res = benchmark_many({str(i): p for i, p in enumerate(paths)}, engine=engine, threads=threads,
+                         warmup=3, seconds=seconds)
+    return [float(res[str(i)]["latency_ms"]["p50"]) for i in range(len(paths))]
 
 
 def _module_of(node: str, convs: set[str]) -> str | None:
@@ -151,7 +138,7 @@ def profile(path: Path, engine: str, imgsz: int, convs: set[str], threads: int |
     """Per-conv ms (conv node + its activation) and the pooled rest, from the engine's node profiler."""
     per: dict[str, float] = {}
     rest = 0.0
-    for node, ms in _node_times(path, engine, imgsz, _threads(threads), runs).items():
+    for node, ms in _node_times(path, engine, imgsz, default_threads(threads), runs).items():
         conv = _module_of(node.split("_output_")[0], convs)
         if conv is None:
             rest += ms
@@ -202,7 +189,7 @@ def fit(model: torch.nn.Module, g: ChannelGraph, groups: list[GroupInfo], struct
         paths.append(dense if level == 0 else export_onnx(thinned(model, g, groups, sparsity), imgsz,
                                                           workdir / f"uniform{level:g}.onnx"))
         points.append({"level": level, "raw_ms": predict_raw(prof, struct, segments, sparsity)})
-    for p, ms in zip(points, measure_rounds(paths, engine, imgsz, seconds, threads)):
+    for p, ms in zip(points, measure_rounds(paths, engine, seconds, threads)):
         p["measured_ms"] = ms
         log(f"analyze: latency {engine} {imgsz}px uniform {p['level']:g}: {ms:.1f} ms")
     a, c = calibrate([p["raw_ms"] for p in points], [p["measured_ms"] for p in points])
@@ -210,5 +197,5 @@ def fit(model: torch.nn.Module, g: ChannelGraph, groups: list[GroupInfo], struct
         p["predicted_ms"] = a * p["raw_ms"] + c
         p["error"] = p["predicted_ms"] / p["measured_ms"] - 1
     return {"method": "per-layer profile calibrated on whole-model timings (dense + uniform levels)",
-            "engine": engine, "imgsz": imgsz, "threads": _threads(threads), "a": a, "c": c, "profile": prof,
+            "engine": engine, "imgsz": imgsz, "threads": default_threads(threads), "a": a, "c": c, "profile": prof,
             "calibration": points, "dense_ms": points[0]["measured_ms"]}
