@@ -69,6 +69,41 @@ def structured_args(args, final: float) -> dict:
             "final_sparsity": final}
 
 
+def generated_recipes(args, work: Path, data: Path, base: str, dense: Path) -> dict[str, Path]:
+    """``sparsepipe analyze`` of the dense model once, then per uniform level in ``--generated`` a ``recipe
+    generate`` recipe whose predicted onnxruntime latency equals the uniform plan's at that level (equal speed,
+    channels placed by sensitivity): {"g50": recipe, ...}. Same template, epochs and pruning window as the uniform
+    variants, so the only difference is where the channels go."""
+    from sparse_core.atomic import atomic_file
+    from sparse_core.sensitivity import latency as lat
+    from sparse_core.sensitivity.analyze import analyze
+    from sparse_core.sensitivity.generate import recipe_text, solve
+
+    folder = work / "analysis" / base
+    path = folder / "analysis.json"
+    if args.reuse and path.is_file():
+        a = json.loads(path.read_text())
+    else:
+        t0 = time.time()
+        a = analyze(str(dense), str(data / "data.yaml"), str(folder), ("onnxruntime",), args.speed_imgsz,
+                    seconds=args.seconds, log=log)
+        log(f"{base}: analysis in {time.time() - t0:.0f} s")
+    segments = {g["id"]: g["segments"] for g in a["groups"]}
+    out = {}
+    for level in args.generated:
+        uniform = {g["id"]: level for g in a["groups"]}
+        target_ms = lat.predict(a["latency"]["onnxruntime"], a["structure"], segments, uniform)
+        plan = solve(a, "onnxruntime", target_ms)
+        text = recipe_text(a, plan, str(path), args.prune_epochs, max(1, round(args.prune_epochs / 2)), False, 1,
+                           f"uniform {level:g} plan's predicted {target_ms:.2f} ms on onnxruntime")
+        recipe = work / "recipes" / f"{base}-g{round(100 * level)}.yaml"
+        recipe.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(recipe) as tmp:
+            Path(tmp).write_text(text)
+        out[f"g{round(100 * level)}"] = recipe
+    return out
+
+
 def build(args, work: Path, data: Path, base: str) -> tuple[dict[str, dict], dict]:
     """Train dense and every variant of ``base``; returns ({variant: {'weights' or 'baseline_dir', 'seconds'}},
     the dense run's facts)."""
@@ -86,6 +121,15 @@ def build(args, work: Path, data: Path, base: str) -> tuple[dict[str, dict], dic
         name, final = STRUCTURED[key]
         w, t = train_variant(args, work, data, f"{base}-{key}", model=str(dense), teacher=str(dense),
                              recipe=str(recipe(name)), recipe_args=structured_args(args, final))
+        out[f"{key}-kd"] = {"weights": w, "seconds": t}
+        if args.qat_epochs:
+            q, tq = train_variant(args, work, data, f"{base}-{key}-qat", model=str(w), teacher=str(dense),
+                                  recipe=str(recipe("structured_kd_qat.yaml")),
+                                  recipe_args={"num_epochs": args.qat_epochs})
+            out[f"{key}-kd-qat"] = {"weights": q, "seconds": t + tq}
+    for key, recipe_file in (generated_recipes(args, work, data, base, dense) if args.generated else {}).items():
+        w, t = train_variant(args, work, data, f"{base}-{key}", model=str(dense), teacher=str(dense),
+                             recipe=str(recipe_file))
         out[f"{key}-kd"] = {"weights": w, "seconds": t}
         if args.qat_epochs:
             q, tq = train_variant(args, work, data, f"{base}-{key}-qat", model=str(w), teacher=str(dense),
@@ -283,6 +327,9 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--work", type=Path, default=ROOT / ".sparsepipe" / "frontier")
     ap.add_argument("--models", nargs="+", default=None, help="default yolov8n (add yolov8s: ~3x the time)")
     ap.add_argument("--variants", nargs="+", choices=sorted(STRUCTURED), default=None)
+    ap.add_argument("--generated", nargs="*", type=float, default=None,
+                    help="uniform levels to match with a sensitivity-generated recipe (analyze + recipe generate) at "
+                         "equal predicted speed; variants g50/g65... (none: --generated with no value)")
     ap.add_argument("--engines", nargs="+", default=["onnxruntime", "openvino", "deepsparse"])
     ap.add_argument("--n-train", type=int), ap.add_argument("--n-val", type=int)
     ap.add_argument("--imgsz", type=int, help="training/validation size (speed is always at --speed-imgsz)")
@@ -299,11 +346,12 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     quick = {"models": ["yolov8n"], "variants": ["s50", "s75"], "n_train": 64, "n_val": 16, "imgsz": 160,
-             "epochs": 8, "prune_epochs": 4, "qat_epochs": 2, "calib": 32, "seconds": 3.0}
+             "epochs": 8, "prune_epochs": 4, "qat_epochs": 2, "calib": 32, "seconds": 3.0, "generated": []}
     # the hard set's calibration run (sparse_core/data/hard.py): dense YOLOv8n, 400 images at 256 px, 40 epochs
     # YOLOv8n only by default: on 2 cores it takes ~70 min; YOLOv8s (--models yolov8n yolov8s) trains ~3x longer
     full = {"models": ["yolov8n"], "variants": ["s50", "s65", "s75"], "n_train": 400, "n_val": 100,
-            "imgsz": 256, "epochs": 40, "prune_epochs": 12, "qat_epochs": 3, "calib": 300, "seconds": 10.0}
+            "imgsz": 256, "epochs": 40, "prune_epochs": 12, "qat_epochs": 3, "calib": 300, "seconds": 10.0,
+            "generated": [0.5, 0.65]}
     for k, v in (quick if args.quick else full).items():
         if getattr(args, k) is None:
             setattr(args, k, v)

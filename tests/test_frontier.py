@@ -1,5 +1,5 @@
-"""benchmarks/frontier.py end to end at toy size: dense, structured 50% + KD with and without QAT, the OpenVINO
-INT8 baseline; every variant scored and timed, one MLflow run each, the table and the per-engine Pareto plot."""
+"""benchmarks/frontier.py end to end at toy size: dense, structured 50% + KD with and without QAT, the same speed
+with a sensitivity-generated recipe, the OpenVINO INT8 baseline; every variant scored and timed, one MLflow run each, the table and the per-engine Pareto plot."""
 
 from __future__ import annotations
 
@@ -19,12 +19,13 @@ def test_frontier_quick_toy_run(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert frontier.main(["--quick", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
                           "--n-train", "24", "--n-val", "8", "--imgsz", "64", "--batch", "8", "--variants", "s50",
+                          "--generated", "0.5",
                           "--epochs", "1", "--prune-epochs", "2", "--calib", "4",
                           "--seconds", "0.2", "--speed-imgsz", "64",
                           "--engines", "onnxruntime", "openvino", "--mlflow", uri]) == 0
     res = json.loads((tmp_path / "out" / "frontier-quick.json").read_text())
     rows = res["models"]["yolov8n"]
-    assert set(rows) == {"dense", "dense-ft", "s50-kd", "s50-kd-qat", "ov-int8-ptq"}
+    assert set(rows) == {"dense", "dense-ft", "s50-kd", "s50-kd-qat", "g50-kd", "g50-kd-qat", "ov-int8-ptq"}
     for variant, row in rows.items():
         assert 0.0 <= row["map50_95_onnxruntime"] <= 1.0, variant
         assert row["images_per_s_onnxruntime"] > 0 and row["images_per_s_openvino"] > 0, variant
@@ -33,6 +34,10 @@ def test_frontier_quick_toy_run(tmp_path, monkeypatch):
     assert rows["ov-int8-ptq"]["speedup_vs_baseline_openvino"] == 1.0
     assert rows["s50-kd"]["conv_params"] < rows["dense"]["conv_params"] / 2  # thinned: fewer channels
     assert rows["dense-ft"]["conv_params"] == rows["dense"]["conv_params"]  # the control: same recipe at 0%
+    # the generated variant: channels placed by the analysis at the uniform 50% plan's predicted latency
+    recipe = (tmp_path / "work" / "quick" / "recipes" / "yolov8n-g50.yaml").read_text()
+    assert "# target: uniform 0.5 plan's predicted" in recipe and "!PerLayerDistillationModifier" in recipe
+    assert rows["g50-kd"]["conv_params"] < rows["dense"]["conv_params"]
     assert rows["s50-kd-qat"]["size_gzip_mb"] < rows["s50-kd"]["size_gzip_mb"]  # INT8 weights
     md = (tmp_path / "out" / "frontier-quick.md").read_text()
     assert all(f"| yolov8n | {v} |" in md for v in rows)
