@@ -170,12 +170,11 @@ def nncf_int8(row: dict, data: Path, imgsz: int) -> Path:
 def load_column(rows: dict, engine: str, precision: str | None, imgsz: int, threads: int) -> dict:
     from sparse_core.bench import deepsparse_venv, engines
     from sparse_core.export.graph import deployment_model
-    from sparse_core.export.qdq import DEEPSPARSE_FILE
 
     x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
     loaded = {}
     for name, row in rows.items():
-        path = deployment_model(row["deploy"])
+        path = deployment_model(row["deploy"], engine if engine != "openvino-nncf-int8" else None)
         if engine == "openvino-nncf-int8":
             if not row["variant"].startswith("pq"):  # PQ is INT8 already (QAT)
                 loaded[name] = engines.openvino(Path(row["nncf_int8"]), x, threads, precision)
@@ -184,8 +183,7 @@ def load_column(rows: dict, engine: str, precision: str | None, imgsz: int, thre
         elif engine == "openvino":
             loaded[name] = engines.openvino(path, x, threads, precision)
         else:
-            ds = path.parent / DEEPSPARSE_FILE
-            loaded[name] = deepsparse_venv.load(ds if ds.is_file() else path, x, threads)
+            loaded[name] = deepsparse_venv.load(path, x, threads)
     return loaded
 
 

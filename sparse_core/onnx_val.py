@@ -121,7 +121,7 @@ def val_onnx(onnx_path: str | os.PathLike, data_yaml: str | os.PathLike, imgsz: 
         raise UserError(f"--engine: {engine!r} is not supported for val; expected onnxruntime or openvino")
     if precision is not None and engine != "openvino":
         raise UserError(f"--precision: {precision} needs --engine openvino (onnxruntime computes in f32)")
-    path = graph.deployment_model(onnx_path)
+    path = graph.deployment_model(onnx_path, engine)
     proto = graph.load_onnx(path)
     n, h = _check_input(path, proto, imgsz, batch)
     data_yaml = Path(data_yaml)

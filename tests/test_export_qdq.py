@@ -215,3 +215,31 @@ def test_accuracy_gate_on_both_engines(tmp_path):
         accuracy.measure(ckpt, tmp_path / "deploy", data, 64, allow_drop=False, max_drop=-1.0)
     flagged = accuracy.measure(ckpt, tmp_path / "deploy", data, 64, allow_drop=True, max_drop=-1.0)
     assert flagged["flagged"] is True
+
+
+def test_openvino_form_runs_silu_in_float(qdq):
+    """model.openvino.onnx: the conv -> SiLU quantizer pairs dropped (OpenVINO then fuses int8 conv + SiLU + the
+    next quantizer into one kernel), every other Q/DQ kept; same detections to within the dropped rounding; the
+    file `deployment_model`, `benchmark` and `val` pick for OpenVINO (model.onnx for onnxruntime)."""
+    from sparse_core.bench import benchmark
+    from sparse_core.export.graph import deployment_model
+
+    out, info, *_ = qdq
+    ov_path = out / info["openvino"]["file"]
+    assert deployment_model(out, "openvino") == ov_path and deployment_model(out, "onnxruntime") == out / "model.onnx"
+    assert deployment_model(out / "model.onnx", "openvino") == ov_path
+    base, ovf = onnx.load(str(out / "model.onnx")), onnx.load(str(ov_path))
+    n_q = [sum(n.op_type == "QuantizeLinear" for n in m.graph.node) for m in (base, ovf)]
+    dropped = info["openvino"]["float_silu_inputs"]
+    assert dropped > 0 and n_q[1] == n_q[0] - dropped
+    producers = {o: n for n in ovf.graph.node for o in n.output}
+    sig = [n for n in ovf.graph.node if n.op_type == "Sigmoid"]
+    assert sig and all(producers[n.input[0]].op_type == "Conv" for n in sig if n.input[0] in producers
+                       and producers[n.input[0]].op_type in ("Conv", "DequantizeLinear"))
+    assert sum(n.op_type == "Conv" for n in ovf.graph.node) == sum(n.op_type == "Conv" for n in base.graph.node)
+    x = np.random.default_rng(3).random((1, 3, 64, 64), dtype=np.float32)
+    got = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
+           for m in (base, ovf)]
+    assert np.abs(got[0] - got[1]).max() <= 0.05 * np.abs(got[0]).max()  # one rounding fewer per conv
+    res = benchmark(out, engine="openvino", iterations=2, warmup=1, threads=1)
+    assert res["model"] == str(ov_path)

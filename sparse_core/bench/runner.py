@@ -22,7 +22,6 @@ from sparse_core.bench.cpu import cpu_info
 from sparse_core.errors import UserError
 from sparse_core.export import graph
 from sparse_core.export.graph import deployment_model
-from sparse_core.export.qdq import DEEPSPARSE_FILE
 
 ENGINES = ("onnxruntime", "openvino", "deepsparse")
 DEFAULT_SECONDS = 10.0
@@ -99,9 +98,7 @@ def default_threads(threads: int | None) -> int:
 
 def _model_under_test(p: str | os.PathLike, engine: str, batch: int | None, imgsz: int | None) -> _Model:
     """A model file (or deployment folder) read for timing: its input shape and file facts, not yet compiled."""
-    path = deployment_model(p)
-    if engine == "deepsparse" and (path.parent / DEEPSPARSE_FILE).is_file():
-        path = path.parent / DEEPSPARSE_FILE  # the QDQ export's QLinearConv form, what DeepSparse compiles
+    path = deployment_model(p, engine)  # a QDQ export's form for this engine when it has one
     proto = graph.load_onnx(path)
     shape, dtype = _input_shape(path, proto, batch, imgsz)
     return _Model(path, shape, _facts(path, proto), dtype)

@@ -324,6 +324,7 @@ def export_model(
         if quantized:
             info["float_head"] = qdq.float_head(proto)
             info["deepsparse"] = qdq.deepsparse_form(onnx_path, tmp / qdq.DEEPSPARSE_FILE)
+            info["openvino"] = qdq.openvino_form(onnx_path, tmp / qdq.OPENVINO_FILE)
             info["accuracy"] = (accuracy.measure(ckpt, tmp, data_yaml, imgsz, allow_drop) if data_yaml else
                                 {"skipped": "no data yaml: pass --data (the checkpoint names none that exists)"})
             _write_folder(tmp, meta, data, info)

@@ -30,13 +30,20 @@ INTEGER_OPS = frozenset({
 GZIP_LEVEL = 6  # `gzip` default; level 9 took 12x longer on a 12 MB half-sparse model and was no smaller
 
 
-def deployment_model(path: str | os.PathLike) -> Path:
-    """The ONNX file named by ``path``: an ``.onnx`` file, or a deployment folder holding ``model.onnx``."""
+def deployment_model(path: str | os.PathLike, engine: str | None = None) -> Path:
+    """The ONNX file named by ``path``: an ``.onnx`` file, or a deployment folder holding ``model.onnx``. With
+    ``engine``, a QDQ export's form for that engine when the folder has one (``model.deepsparse.onnx``,
+    ``model.openvino.onnx``: same weights and grids, written by export; see ``qdq``)."""
+    from sparse_core.export.qdq import ENGINE_FILES
+
     path = Path(path)
     if path.is_dir():
         path = path / "model.onnx"
     if not path.is_file():
         raise UserError(f"{path}: model not found; expected an .onnx file or a deployment folder with model.onnx")
+    own = path.parent / ENGINE_FILES.get(engine or "", "")
+    if path.name == "model.onnx" and engine in ENGINE_FILES and own.is_file():
+        return own
     return path
 
 
