@@ -117,19 +117,12 @@ def build(args, work: Path, data: Path, base: str) -> tuple[dict[str, dict], dic
                          recipe=str(recipe("structured_kd_50.yaml")),
                          recipe_args={**structured_args(args, 0.0), "init_sparsity": 0.0})
     out["dense-ft"] = {"weights": w, "seconds": t_dense + t}
-    for key in args.variants:
-        name, final = STRUCTURED[key]
-        w, t = train_variant(args, work, data, f"{base}-{key}", model=str(dense), teacher=str(dense),
-                             recipe=str(recipe(name)), recipe_args=structured_args(args, final))
-        out[f"{key}-kd"] = {"weights": w, "seconds": t}
-        if args.qat_epochs:
-            q, tq = train_variant(args, work, data, f"{base}-{key}-qat", model=str(w), teacher=str(dense),
-                                  recipe=str(recipe("structured_kd_qat.yaml")),
-                                  recipe_args={"num_epochs": args.qat_epochs})
-            out[f"{key}-kd-qat"] = {"weights": q, "seconds": t + tq}
-    for key, recipe_file in (generated_recipes(args, work, data, base, dense) if args.generated else {}).items():
-        w, t = train_variant(args, work, data, f"{base}-{key}", model=str(dense), teacher=str(dense),
-                             recipe=str(recipe_file))
+    plans = {key: {"recipe": str(recipe(STRUCTURED[key][0])), "recipe_args": structured_args(args, STRUCTURED[key][1])}
+             for key in args.variants}
+    if args.generated:  # the same speeds with channels placed by the sensitivity analysis
+        plans.update({key: {"recipe": str(r)} for key, r in generated_recipes(args, work, data, base, dense).items()})
+    for key, plan in plans.items():
+        w, t = train_variant(args, work, data, f"{base}-{key}", model=str(dense), teacher=str(dense), **plan)
         out[f"{key}-kd"] = {"weights": w, "seconds": t}
         if args.qat_epochs:
             q, tq = train_variant(args, work, data, f"{base}-{key}-qat", model=str(w), teacher=str(dense),
