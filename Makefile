@@ -35,8 +35,9 @@ demo: install
 
 # The accuracy/speed frontier on the hard data set (benchmarks/frontier.py -> benchmarks/results/frontier.md/.png):
 # dense YOLOv8n (+ a dense fine-tuned control), the OpenVINO INT8 baseline, structured 50/65/75% + KD and the
-# sensitivity-generated recipes at the 50/65% speeds, each with and without QAT, on each engine (~100-120 min on 2
-# cores; BENCH_ARGS="--variants s50 --generated 0.5" ~80 min; "--models yolov8n yolov8s" adds YOLOv8s, ~3x longer).
+# sensitivity-generated recipe at the uniform-50% speed, each with and without QAT, on each engine (~85 min on 2
+# AMD EPYC cores, training ~1.5x slower on the Intel Xeon kind; BENCH_ARGS="--variants s50" leaves out 65/75%;
+# "--generated 0.5 0.65" adds a generated 65% pair; "--models yolov8n yolov8s" adds YOLOv8s, ~3x longer).
 # bench-quick: YOLOv8n, tiny data and epochs, 50/75% (<= 15 min on 2 cores); bench-speed: the older speed-only run.
 bench: install deepsparse-venv
 	$(BIN)/python benchmarks/frontier.py $(BENCH_ARGS)
