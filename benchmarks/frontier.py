@@ -71,13 +71,12 @@ def structured_args(args, final: float) -> dict:
 
 def generated_recipes(args, work: Path, data: Path, base: str, dense: Path) -> dict[str, Path]:
     """``sparsepipe analyze`` of the dense model once, then per uniform level in ``--generated`` a ``recipe
-    generate`` recipe whose predicted onnxruntime latency equals the uniform plan's at that level (equal speed,
-    channels placed by sensitivity): {"g50": recipe, ...}. Same template, epochs and pruning window as the uniform
-    variants, so the only difference is where the channels go."""
-    from sparse_core.atomic import atomic_file
+    generate`` recipe whose target latency is the uniform plan's predicted onnxruntime latency at that level (equal
+    speed, channels placed by sensitivity): {"g50": recipe, ...}. Same template, epochs and pruning window as the
+    uniform variants, so the only difference is where the channels go."""
     from sparse_core.sensitivity import latency as lat
     from sparse_core.sensitivity.analyze import analyze
-    from sparse_core.sensitivity.generate import recipe_text, solve
+    from sparse_core.sensitivity.generate import generate
 
     folder = work / "analysis" / base
     path = folder / "analysis.json"
@@ -93,14 +92,10 @@ def generated_recipes(args, work: Path, data: Path, base: str, dense: Path) -> d
     for level in args.generated:
         uniform = {g["id"]: level for g in a["groups"]}
         target_ms = lat.predict(a["latency"]["onnxruntime"], a["structure"], segments, uniform)
-        plan = solve(a, "onnxruntime", target_ms)
-        text = recipe_text(a, plan, str(path), args.prune_epochs, max(1, round(args.prune_epochs / 2)), False, 1,
-                           f"uniform {level:g} plan's predicted {target_ms:.2f} ms on onnxruntime")
-        recipe = work / "recipes" / f"{base}-g{round(100 * level)}.yaml"
-        recipe.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_file(recipe) as tmp:
-            Path(tmp).write_text(text)
-        out[f"g{round(100 * level)}"] = recipe
+        key = f"g{round(100 * level)}"
+        out[key] = work / "recipes" / f"{base}-{key}.yaml"
+        generate(str(path), str(out[key]), target_latency_ms=target_ms, engine="onnxruntime",
+                 epochs=args.prune_epochs, pruning_end=max(1, round(args.prune_epochs / 2)))
     return out
 
 

@@ -174,7 +174,7 @@ def load_column(rows: dict, engine: str, precision: str | None, imgsz: int, thre
     x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
     loaded = {}
     for name, row in rows.items():
-        path = deployment_model(row["deploy"], engine if engine != "openvino-nncf-int8" else None)
+        path = deployment_model(row["deploy"], engine)
         if engine == "openvino-nncf-int8":
             if not row["variant"].startswith("pq"):  # PQ is INT8 already (QAT)
                 loaded[name] = engines.openvino(Path(row["nncf_int8"]), x, threads, precision)

@@ -35,8 +35,13 @@ def test_frontier_quick_toy_run(tmp_path, monkeypatch):
     assert rows["s50-kd"]["conv_params"] < rows["dense"]["conv_params"] / 2  # thinned: fewer channels
     assert rows["dense-ft"]["conv_params"] == rows["dense"]["conv_params"]  # the control: same recipe at 0%
     # the generated variant: channels placed by the analysis at the uniform 50% plan's predicted latency
+    from sparse_core.sensitivity.latency import predict
+
     recipe = (tmp_path / "work" / "quick" / "recipes" / "yolov8n-g50.yaml").read_text()
-    assert "# target: uniform 0.5 plan's predicted" in recipe and "!PerLayerDistillationModifier" in recipe
+    a = json.loads((tmp_path / "work" / "quick" / "analysis" / "yolov8n" / "analysis.json").read_text())
+    uniform_ms = predict(a["latency"]["onnxruntime"], a["structure"], {g["id"]: g["segments"] for g in a["groups"]},
+                         {g["id"]: 0.5 for g in a["groups"]})
+    assert f"# target: {uniform_ms:g} ms on onnxruntime" in recipe and "!PerLayerDistillationModifier" in recipe
     assert rows["g50-kd"]["conv_params"] < rows["dense"]["conv_params"]
     assert rows["s50-kd-qat"]["size_gzip_mb"] < rows["s50-kd"]["size_gzip_mb"]  # INT8 weights
     md = (tmp_path / "out" / "frontier-quick.md").read_text()

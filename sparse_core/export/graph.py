@@ -41,10 +41,8 @@ def deployment_model(path: str | os.PathLike, engine: str | None = None) -> Path
         path = path / "model.onnx"
     if not path.is_file():
         raise UserError(f"{path}: model not found; expected an .onnx file or a deployment folder with model.onnx")
-    own = path.parent / ENGINE_FILES.get(engine or "", "")
-    if path.name == "model.onnx" and engine in ENGINE_FILES and own.is_file():
-        return own
-    return path
+    own = ENGINE_FILES.get(engine) if path.name == "model.onnx" else None
+    return path.parent / own if own and (path.parent / own).is_file() else path
 
 
 def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:

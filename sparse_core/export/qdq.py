@@ -12,7 +12,6 @@ graph computes bit-identical, so parity with the PyTorch fake-quant model is unt
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -139,6 +138,15 @@ def float_head(model: onnx.ModelProto) -> bool:
     return True
 
 
+def _readers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> the nodes that read it."""
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            out.setdefault(i, []).append(n)
+    return out
+
+
 def float_weights_for_float_convs(model: onnx.ModelProto) -> int:
     """Store the weights of convs that run in float (no QuantizeLinear on their output, so no engine fuses them
     into an integer conv: the head's prediction convs) as FP32 constants instead of ``DQ(int8)``: the same values,
@@ -147,10 +155,7 @@ def float_weights_for_float_convs(model: onnx.ModelProto) -> int:
 
     inits = {t.name: t for t in model.graph.initializer}
     producers = {o: n for n in model.graph.node for o in n.output}
-    cons = {}
-    for n in model.graph.node:
-        for i in n.input:
-            cons.setdefault(i, []).append(n)
+    cons = _readers(model)
     changed = 0
     for node in model.graph.node:
         if node.op_type != "Conv" or any(c.op_type == "QuantizeLinear" for c in cons.get(node.output[0], [])):
@@ -183,10 +188,7 @@ def float_activation_inputs(model: onnx.ModelProto) -> int:
     "FakeQuantize + eltwise" subgraph (22% of the PQ YOLOv8n's time on OpenVINO). One rounding fewer than the
     fake-quant model computes: the export's accuracy gate measures the result. Returns pairs dropped."""
     producers = {o: n for n in model.graph.node for o in n.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
+    readers = _readers(model)
     outputs = {o.name for o in model.graph.output}
     renames, drop, pairs = {}, [], 0
     for q in model.graph.node:
@@ -216,9 +218,7 @@ def openvino_form(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
     dropped = float_activation_inputs(model)
     remove_unused_initializers(model)
     onnx.checker.check_model(model)
-    tmp = Path(dst).with_name(f".{Path(dst).name}.tmp")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, dst)
+    onnx.save(model, str(dst))  # export writes into its temporary folder, renamed whole when complete
     return {"file": OPENVINO_FILE, "float_silu_inputs": dropped, "node_types": node_histogram(model)}
 
 
