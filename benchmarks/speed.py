@@ -140,11 +140,18 @@ def export_all(args, work: Path, data: Path, ckpts: dict) -> dict[str, dict]:
     return rows
 
 
+VNNI_CAP = "AVX512_CORE_VNNI"
+
+
 def engines_available() -> list[tuple[str, str | None]]:
-    """(engine, precision) columns: onnxruntime, OpenVINO f32 and default, DeepSparse if its side venv exists."""
+    """(engine, precision) columns: onnxruntime, OpenVINO f32 and default, DeepSparse if its side venv exists; on
+    an AMX CPU also OpenVINO with oneDNN capped at AVX-512 VNNI (its AMX INT8 kernels are slow at narrow widths)."""
     from sparse_core.bench import deepsparse_venv
+    from sparse_core.bench.cpu import cpu_info
 
     cols = [("onnxruntime", None), ("openvino", "f32"), ("openvino", None), ("openvino-nncf-int8", None)]
+    if cpu_info()["flags"]["amx"]:
+        cols.append(("openvino-vnni", None))
     try:
         deepsparse_venv.python()
         cols.append(("deepsparse", None))
@@ -174,7 +181,7 @@ def load_column(rows: dict, engine: str, precision: str | None, imgsz: int, thre
     x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
     loaded = {}
     for name, row in rows.items():
-        path = deployment_model(row["deploy"], engine)
+        path = deployment_model(row["deploy"], "openvino" if engine.startswith("openvino") else engine)
         if engine == "openvino-nncf-int8":
             if not row["variant"].startswith("pq"):  # PQ is INT8 already (QAT)
                 loaded[name] = engines.openvino(Path(row["nncf_int8"]), x, threads, precision)
@@ -182,6 +189,8 @@ def load_column(rows: dict, engine: str, precision: str | None, imgsz: int, thre
             loaded[name] = engines.onnxruntime(path, x, threads, spinning=False)
         elif engine == "openvino":
             loaded[name] = engines.openvino(path, x, threads, precision)
+        elif engine == "openvino-vnni":  # a worker process per model: oneDNN reads the cap once per process
+            loaded[name] = engines.openvino(path, x, threads, precision, isa=VNNI_CAP)
         else:
             loaded[name] = deepsparse_venv.load(path, x, threads)
     return loaded
@@ -217,7 +226,7 @@ def measure(args, rows: dict) -> dict:
                                       "native_share": loaded[name].extra.get("native_share"),
                                       "images_per_s": round(len(v) / sum(v), 2),
                                       "p50_ms": round(float(np.median(v)) * 1e3, 2), "iterations": len(v)}
-        if engine == "onnxruntime" or (engine == "openvino" and precision is None):
+        if engine in ("onnxruntime", "openvino-vnni") or (engine == "openvino" and precision is None):
             for name in loaded:
                 if rows[name]["variant"] != "dense":
                     profiles[f"{name}|{col}"] = _profile(loaded[name], rows[name], args.profile_runs)
@@ -231,6 +240,8 @@ def _col_title(col: str, cells: dict) -> str:
     seen = sorted({c["precision"] for k, c in cells.items() if k.endswith(f"|{col}")})
     if engine == "openvino":
         return f"OpenVINO {'default ' if precision == 'default' else ''}({'/'.join(seen)})"
+    if engine == "openvino-vnni":
+        return f"OpenVINO default ({'/'.join(seen)}), oneDNN capped at {VNNI_CAP}"
     return {"onnxruntime": "onnxruntime (f32, int8 QDQ)", "deepsparse": "DeepSparse 1.8",
             "openvino-nncf-int8": f"OpenVINO NNCF INT8 PTQ ({'/'.join(seen)})"}.get(engine, engine)
 
@@ -289,6 +300,13 @@ def targets(res: dict, sizes: list[str]) -> list[str]:
                            f"{_ratio(res, size, 'thin16', 'thin', col):.2f}x")
             checks += [(f"PQ16 >= 1.3x thin16 on {e}", _ratio(res, size, "pq16", "thin16", c) >= 1.3)
                        for e, c in (("onnxruntime", ort), ("OpenVINO default", "openvino|default"))]
+        vnni = "openvino-vnni|default"
+        if f"v8{size}-pq|{vnni}" in res["cells"]:  # the capped PQ against the fastest thin on any OpenVINO column
+            best = max(res["cells"][f"v8{size}-thin|{c}"]["images_per_s"] for c in ("openvino|f32", "openvino|default"))
+            ratio = res["cells"][f"v8{size}-pq|{vnni}"]["images_per_s"] / best
+            out.append(f"- v8{size} PQ with oneDNN capped at {VNNI_CAP} vs the fastest OpenVINO thin (f32 or default): "
+                       f"{ratio:.2f}x")
+            checks.append((f"PQ ({VNNI_CAP} kernels) >= 1.3x the fastest OpenVINO thin", ratio >= 1.3))
         ds = res["cells"].get(f"v8{size}-pq|deepsparse|default")
         if ds:
             checks.append(("DeepSparse compiles >= 90% of PQ natively", (ds["native_share"] or 0) >= 0.9))

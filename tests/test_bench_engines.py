@@ -77,8 +77,22 @@ def test_cli_prints_isa_precision_and_verdict(models, capsys):
     assert r["verdict"]
 
 
+def test_openvino_isa_cap_runs_in_a_worker(models):
+    """--isa caps oneDNN in worker processes (it reads the cap once per process): the kernels OpenVINO reports for
+    both models are then AVX2 ones, while this process stays uncapped (its own runs are untouched)."""
+    root, _ = models
+    r = benchmark(root / "qdq", engine="openvino", isa="avx2", iterations=3, warmup=1, threads=1, compare=root / "dense")
+    assert r["isa_cap"] == "AVX2" and r["iterations"] == 3 and r["compare"]["iterations"] == 3
+    kernels = r["integer_kernels"]["kernels"]
+    assert any(k.upper().endswith("_I8") or k.upper().endswith("_U8") for k in kernels)
+    assert not any("avx512" in k or "amx" in k for k in kernels + r["compare"]["integer_kernels"]["kernels"])
+    assert "try --isa" not in r["verdict"]
+
+
 @pytest.mark.parametrize("argv, needle", [(["--engine", "onnxruntime", "--precision", "bf16"], "--precision"),
-                                          (["--engine", "openvino", "--precision", "int4"], "--precision")])
+                                          (["--engine", "openvino", "--precision", "int4"], "--precision"),
+                                          (["--engine", "onnxruntime", "--isa", "avx2"], "--isa"),
+                                          (["--engine", "openvino", "--isa", "avx9000"], "--isa")])
 def test_precision_bad_input(models, capsys, argv, needle):
     root, _ = models
     assert main(["benchmark", str(root / "dense"), *argv, "--iterations", "1"]) == 2
@@ -91,6 +105,10 @@ def test_verdict_lines():
          "profile": {"ops": [{"op": "QuantizeLinear", "share": 0.2}], "qdq_share": 0.31}, "integer_conv_mac_share": 0.97}
     assert why.verdict(q) == "INT8 not paying: 31% of time in Q/DQ ops; 0.80x the baseline"
     assert "only 10% of conv MACs" in why.verdict({**q, "integer_conv_mac_share": 0.1})
+    amx = {**q, "engine": "openvino", "profile": {"ops": [{"op": "Convolution", "share": 0.7}], "qdq_share": 0.0},
+           "integer_kernels": {"kernels": ["brgconv_avx512_amx_I8", "brgconv_avx512_amx_1x1_I8"]}}
+    assert why.verdict(amx).endswith("try --isa AVX512_CORE_VNNI")
+    assert "try --isa" not in why.verdict({**amx, "isa_cap": "AVX512_CORE_VNNI"})
     sparse = {"engine": "openvino", "quantized": False, "sparsity": 0.8, "precision": "bf16"}
     assert why.verdict(sparse).startswith("sparse but not faster on openvino")
 

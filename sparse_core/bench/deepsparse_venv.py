@@ -1,22 +1,20 @@
 """DeepSparse through its side venv: DeepSparse 1.8 (the seeds' runtime, unmaintained) needs numpy<2 and onnx 1.14,
 which cannot share the main venv, so ``make deepsparse-venv`` builds ``.venv-deepsparse/`` (gitignored) and the
-benchmark drives a worker process there (``deepsparse_worker``) one run at a time over a pipe. The pipe adds a few
-microseconds per run, small beside a YOLO inference; timing stays in the benchmark's loop, interleaved like the
-other engines. The worker returns DeepSparse's log, from which the natively compiled share of the graph is read.
+benchmark drives a worker process there (``deepsparse_worker``) one run at a time over a pipe (``pipe_worker``).
+The worker returns DeepSparse's log, from which the natively compiled share of the graph is read.
 """
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from sparse_core.bench import pipe_worker
 from sparse_core.bench.engines import Loaded
 from sparse_core.errors import UserError
 
@@ -47,31 +45,16 @@ def native_share(log: str) -> float | None:
 def load(path: Path, x: np.ndarray, threads: int) -> Loaded:
     worker = Path(__file__).with_name("deepsparse_worker.py")
     cmd = [str(python()), str(worker), str(path), json.dumps(list(x.shape)), str(x.dtype), str(threads)]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
-                            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
-    atexit.register(proc.kill)
-    first = proc.stdout.readline()
-    try:
-        hello = json.loads(first)
-    except json.JSONDecodeError:
-        proc.kill()
-        raise UserError(f"{path}: DeepSparse worker failed to start ({first.strip()[:200] or 'no output'}); {HINT}") from None
-    if "error" in hello:
-        proc.kill()
-        raise UserError(f"{path}: DeepSparse cannot run this model ({hello['error']})")
-
-    def run() -> None:
-        proc.stdin.write("run\n")
-        if proc.stdout.readline() != "ok\n":
-            raise RuntimeError(f"DeepSparse worker for {path} died (exit {proc.poll()})")
-
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc, hello = pipe_worker.start(cmd, env, path, "DeepSparse", HINT)
     share = native_share(hello["log"])
     fallback = share is not None and share < 1.0
     refused = sorted({ln.split("Message:", 1)[1].strip() for ln in hello["log"].splitlines() if "Message:" in ln})
     extra = {"native_share": share, "deepsparse_refusals": refused[:20], "deepsparse_log_tail": hello["log"][-2000:],
              "python": str(python()), "fallback_note": "part of the graph runs in DeepSparse's bundled onnxruntime"
              if fallback else None}
-    return Loaded(run, hello["version"], "f32 (int8 where compiled natively)", extra=extra, close=proc.kill)
+    return Loaded(pipe_worker.runner(proc, path, "DeepSparse"), hello["version"],
+                  "f32 (int8 where compiled natively)", extra=extra, close=proc.kill)
 
 
 if __name__ == "__main__":  # `python -m sparse_core.bench.deepsparse_venv` prints the side venv's interpreter

@@ -5,7 +5,8 @@ precision it really computes in, and a per-op-type profile (why a model is, or i
   idle session's pool would otherwise spin on the cores the measured session needs).
 - OpenVINO: ``PERFORMANCE_HINT=LATENCY`` (one stream), ``INFERENCE_NUM_THREADS``; its *default* precision on a CPU
   with AVX512_BF16/AMX is bf16, so the precision the compiled model reports is returned, never assumed.
-- DeepSparse lives in its own venv (numpy<2): see ``sparse_core.bench.deepsparse``.
+- DeepSparse lives in its own venv (numpy<2): see ``sparse_core.bench.deepsparse_venv``; OpenVINO with oneDNN's
+  ISA capped runs in a worker too: see ``openvino_isa``.
 """
 
 from __future__ import annotations
@@ -109,8 +110,13 @@ def ov_precision(compiled) -> str:
     return value.to_string() if hasattr(value, "to_string") else str(value)
 
 
-def openvino(path: Path, x: np.ndarray, threads: int, precision: str | None = None) -> Loaded:
-    """OpenVINO CPU, LATENCY hint; ``precision`` None keeps OpenVINO's default (reported as it resolved)."""
+def openvino(path: Path, x: np.ndarray, threads: int, precision: str | None = None, isa: str | None = None) -> Loaded:
+    """OpenVINO CPU, LATENCY hint; ``precision`` None keeps OpenVINO's default (reported as it resolved); ``isa``
+    caps oneDNN's instruction set (e.g. AVX512_CORE_VNNI), which needs a process of its own (``openvino_isa``)."""
+    if isa:
+        from sparse_core.bench import openvino_isa
+
+        return openvino_isa.load(path, x, threads, precision, isa)
     try:
         import openvino as ov
     except ImportError as err:

@@ -78,12 +78,13 @@ def _facts(path: Path, proto) -> dict[str, Any]:
     }
 
 
-def _load(m: _Model, x: np.ndarray, engine: str, threads: int, precision: str | None, shared: bool) -> None:
+def _load(m: _Model, x: np.ndarray, engine: str, threads: int, precision: str | None, shared: bool,
+          isa: str | None = None) -> None:
     """Compile ``m`` on ``engine`` (see ``engines``); ``shared``: other sessions share the cores (no spinning)."""
     if engine == "onnxruntime":
         loaded = engines.onnxruntime(m.path, x, threads, spinning=not shared)
     elif engine == "openvino":
-        loaded = engines.openvino(m.path, x, threads, precision)
+        loaded = engines.openvino(m.path, x, threads, precision, isa)
     else:
         from sparse_core.bench import deepsparse_venv as deepsparse
 
@@ -104,9 +105,15 @@ def _model_under_test(p: str | os.PathLike, engine: str, batch: int | None, imgs
     return _Model(path, shape, _facts(path, proto), dtype)
 
 
-def _check_args(engine, batch, imgsz, threads, warmup, iterations, seconds, precision=None) -> None:
+def _check_args(engine, batch, imgsz, threads, warmup, iterations, seconds, precision=None, isa=None) -> None:
     if engine not in ENGINES:
         raise UserError(f"--engine: {engine!r} is not supported; expected one of {', '.join(ENGINES)}")
+    if isa is not None:
+        if engine != "openvino":
+            raise UserError(f"--isa: {isa!r} is for --engine openvino (oneDNN's ISA cap); got --engine {engine}")
+        from sparse_core.bench.openvino_isa import check
+
+        check(isa)
     if precision is not None and (engine != "openvino" or precision not in engines.PRECISIONS):
         raise UserError(f"--precision: {precision!r} is invalid for --engine {engine}; expected one of "
                         f"{', '.join(engines.PRECISIONS)} with --engine openvino (onnxruntime computes in f32)")
@@ -204,6 +211,7 @@ def benchmark(
     compare: str | os.PathLike | None = None,
     precision: str | None = None,
     profile_runs: int = 10,
+    isa: str | None = None,
 ) -> dict[str, Any]:
     """Benchmark ``model`` (.onnx or deployment folder); with ``compare`` (the dense baseline), both interleaved,
     plus their ratios, each with its profile and a verdict line saying why it is (not) fast.
@@ -211,9 +219,10 @@ def benchmark(
     ``batch``/``imgsz`` default to the model's static input shape (1 / 640 for symbolic dims); ``threads`` to the
     CPUs this process may use; neither ``iterations`` nor ``seconds`` means ``DEFAULT_SECONDS`` of measurement.
     ``precision`` (OpenVINO only): f32/bf16/f16; None keeps the engine's default, reported as it resolved.
-    ``profile_runs``: runs under the engine's profiler after timing (0: no profile).
+    ``profile_runs``: runs under the engine's profiler after timing (0: no profile). ``isa`` (OpenVINO only): cap
+    oneDNN's instruction set for both models, e.g. AVX512_CORE_VNNI where AMX INT8 kernels are slow (``openvino_isa``).
     """
-    _check_args(engine, batch, imgsz, threads, warmup, iterations, seconds, precision)
+    _check_args(engine, batch, imgsz, threads, warmup, iterations, seconds, precision, isa)
     threads = default_threads(threads)
     if iterations is None and seconds is None:
         seconds = DEFAULT_SECONDS
@@ -223,7 +232,7 @@ def benchmark(
                         f"{models[0].path} {models[0].input_shape}; expected both exported at the same --imgsz/--batch")
     x = np.random.default_rng(0).random(models[0].input_shape, dtype=np.float32)  # content does not change speed
     for m in models:
-        _load(m, x.astype(m.dtype), engine, threads, precision, shared=len(models) > 1)
+        _load(m, x.astype(m.dtype), engine, threads, precision, shared=len(models) > 1, isa=isa)
     wall = _time(models, warmup, iterations, seconds)
     summaries = [{**_summary(m), "engine": engine, "engine_version": m.engine_version, "precision": m.precision,
                   **_explain(m, engine, profile_runs)} for m in models]
@@ -232,6 +241,7 @@ def benchmark(
         "batch": models[0].input_shape[0],
         "imgsz": models[0].input_shape[2],
         "threads": threads,
+        "isa_cap": isa and isa.upper(),
         "warmup": warmup,
         "wall_s": round(wall, 3),
         "cpu": cpu_info(),

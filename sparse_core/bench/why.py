@@ -102,6 +102,15 @@ def ov_integer_share(conv_kernels: dict[str, str], macs: dict[str, dict]) -> dic
             "kernels": sorted(set(conv_kernels.values()))}
 
 
+def _amx_hint(result: dict[str, Any]) -> str:
+    """Where OpenVINO ran INT8 convs on AMX kernels: at a thinned model's narrow widths they measured twice as slow
+    as AVX-512 VNNI kernels (``openvino_isa``), so say how to try those."""
+    kernels = (result.get("integer_kernels") or {}).get("kernels") or []
+    if result.get("isa_cap") or not any("amx" in k.lower() and _is_integer_kernel(k) for k in kernels):
+        return ""
+    return "; its INT8 convs ran on AMX kernels (slow at narrow widths): try --isa AVX512_CORE_VNNI"
+
+
 def verdict(result: dict[str, Any]) -> str:
     """One plain line: is the model paying off on this engine, and if not, where the time goes."""
     prof = result.get("profile") or {}
@@ -118,9 +127,10 @@ def verdict(result: dict[str, Any]) -> str:
         if qdq >= 0.15:
             return f"INT8 not paying: {qdq:.0%} of time in Q/DQ ops; {base}"
         if speed is not None and speed < 1.0:
-            return f"INT8 not paying: {base}; {top_txt}"
+            return f"INT8 not paying: {base}; {top_txt}{_amx_hint(result)}"
         shown = f"{share:.0%}" if share is not None else "an unknown share"
-        return f"INT8 runs: {shown} of conv MACs in integer kernels, {qdq:.0%} of time in Q/DQ ops; {base}"
+        return (f"INT8 runs: {shown} of conv MACs in integer kernels, {qdq:.0%} of time in Q/DQ ops; {base}"
+                + _amx_hint(result))
     if result.get("sparsity", 0) >= 0.3 and result["engine"] != "deepsparse":
         return (f"sparse but not faster on {result['engine']}: its kernels skip no zeros ({result['sparsity']:.0%} "
                 f"zero weights); thin channels (structured pruning) or use DeepSparse; {base}")

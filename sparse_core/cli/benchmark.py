@@ -1,5 +1,6 @@
 """``sparsepipe benchmark MODEL [--engine onnxruntime|openvino|deepsparse] [--precision f32|bf16|f16] [--batch N]
-[--imgsz N] [--threads N] [--warmup N] [--iterations N | --seconds S] [--compare DENSE] [--no-profile] [--json]``."""
+[--isa AVX512_CORE_VNNI] [--imgsz N] [--threads N] [--warmup N] [--iterations N | --seconds S] [--compare DENSE]
+[--no-profile] [--json]``."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ def register(subparsers) -> None:
                    "side venv, see `make deepsparse-venv`)")
     p.add_argument("--precision", default=None, help="OpenVINO inference precision f32, bf16 or f16 (default: "
                    "OpenVINO's own, bf16 on CPUs with AVX512_BF16/AMX; the resolved one is reported)")
+    p.add_argument("--isa", default=None, help="OpenVINO only: cap oneDNN's instruction set (ONEDNN_MAX_CPU_ISA, "
+                   "e.g. AVX512_CORE_VNNI: on AMX CPUs its INT8 kernels ran thinned models faster than AMX's); "
+                   "both models run capped, each in a worker process")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: the model's static batch)")
     p.add_argument("--imgsz", type=int, default=None, help="image size (must match a static input shape)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: CPUs available)")
@@ -56,9 +60,10 @@ def run(args: argparse.Namespace) -> int:
 
     r = benchmark(args.model, engine=args.engine, batch=args.batch, imgsz=args.imgsz, threads=args.threads,
                   warmup=args.warmup, iterations=args.iterations, seconds=args.seconds, compare=args.compare,
-                  precision=args.precision, profile_runs=args.profile_runs)
+                  precision=args.precision, profile_runs=args.profile_runs, isa=args.isa)
     cpu = r["cpu"]
-    print(f"{r['engine']} {r['engine_version']} ({r.get('precision')}), {r['threads']} threads, batch {r['batch']}, "
+    cap = f", oneDNN ISA capped at {r['isa_cap']}" if r.get("isa_cap") else ""
+    print(f"{r['engine']} {r['engine_version']} ({r.get('precision')}{cap}), {r['threads']} threads, batch {r['batch']}, "
           f"{r['imgsz']} px, {r['iterations']} iterations; CPU {cpu['model']} ({cpu['isa']})")
     print("\n".join(_row(r)))
     if "compare" in r:

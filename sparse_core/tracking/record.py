@@ -42,7 +42,8 @@ def bench_params(result: dict) -> dict:
     return {"bench.engine": result.get("engine"), "bench.engine_version": result.get("engine_version"),
             "bench.precision": result.get("precision"), "bench.threads": result.get("threads"),
             "bench.batch": result.get("batch"), "bench.cpu": result.get("cpu", {}).get("model"),
-            "bench.isa": result.get("cpu", {}).get("isa")}
+            "bench.isa": result.get("cpu", {}).get("isa"), **({"bench.isa_cap": result["isa_cap"]}
+                                                              if result.get("isa_cap") else {})}
 
 
 def engine_accuracy(deploy_dir: str | Path) -> dict:
