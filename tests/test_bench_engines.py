@@ -11,7 +11,7 @@ import onnx
 import pytest
 import torch
 
-from sparse_core.bench import benchmark, why
+from sparse_core.bench import benchmark, benchmark_many, why
 from sparse_core.bench import deepsparse_venv
 from sparse_core.cli import main
 from sparse_core.export import export_model
@@ -87,6 +87,9 @@ def test_openvino_isa_cap_runs_in_a_worker(models):
     assert any(k.upper().endswith("_I8") or k.upper().endswith("_U8") for k in kernels)
     assert not any("avx512" in k or "amx" in k for k in kernels + r["compare"]["integer_kernels"]["kernels"])
     assert "try --isa" not in r["verdict"]
+    many = benchmark_many({"qdq": root / "qdq", "dense": root / "dense"}, engine="openvino", isa="avx2", threads=1,
+                          warmup=1, seconds=0.3)  # the frontier's "openvino-vnni" column goes this way
+    assert {k: v["precision"] for k, v in many.items()} == {"qdq": "f32", "dense": "f32"}
 
 
 @pytest.mark.parametrize("argv, needle", [(["--engine", "onnxruntime", "--precision", "bf16"], "--precision"),

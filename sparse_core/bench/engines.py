@@ -110,6 +110,25 @@ def ov_precision(compiled) -> str:
     return value.to_string() if hasattr(value, "to_string") else str(value)
 
 
+def _ov_compile(core, path: Path, config: dict):
+    """``core.compile_model`` of the ONNX file; where that fails, of ``openvino.convert_model(path)`` (what
+    Ultralytics' OpenVINO export and our ``val --engine openvino`` compile). Why: OpenVINO 2026.4 on an AMX CPU at
+    its bf16 default compiles NNCF's QDQ YOLOv8 (the baseline) only from the converted model ("No suitable
+    implementations" for the int8 conv after a C2f Split and for SPPF's int8 MaxPool when read directly).
+    Returns (compiled model, None or a note saying the converted model ran)."""
+    import openvino as ov
+
+    try:
+        return core.compile_model(str(path), "CPU", config), None
+    except Exception as err:
+        try:
+            return core.compile_model(ov.convert_model(str(path)), "CPU", config), (
+                f"compiled from openvino.convert_model (reading the ONNX file directly failed: "
+                f"{str(err).strip().splitlines()[-1][:120] if str(err).strip() else type(err).__name__})")
+        except Exception:
+            raise err from None
+
+
 def openvino(path: Path, x: np.ndarray, threads: int, precision: str | None = None, isa: str | None = None) -> Loaded:
     """OpenVINO CPU, LATENCY hint; ``precision`` None keeps OpenVINO's default (reported as it resolved); ``isa``
     caps oneDNN's instruction set (e.g. AVX512_CORE_VNNI), which needs a process of its own (``openvino_isa``)."""
@@ -125,20 +144,20 @@ def openvino(path: Path, x: np.ndarray, threads: int, precision: str | None = No
         raise UserError(f"--precision: {precision!r} is not supported; expected one of {', '.join(PRECISIONS)}")
     core = ov.Core()
     try:
-        compiled = core.compile_model(str(path), "CPU", _ov_config(threads, precision))
+        compiled, note = _ov_compile(core, path, _ov_config(threads, precision))
         request = compiled.create_infer_request()
         request.infer({0: x})
     except Exception as err:
         raise _fail("OpenVINO", path, err) from None
     return Loaded(lambda: request.infer({0: x}), ov.__version__, ov_precision(compiled),
-                  profile=lambda n: ov_profile(path, x, threads, precision, n))
+                  profile=lambda n: ov_profile(path, x, threads, precision, n), extra={"openvino_note": note} if note else {})
 
 
 def ov_profile(path: Path, x: np.ndarray, threads: int, precision: str | None, iterations: int = 20) -> dict:
     """OpenVINO performance counters: time per executed layer type, and which convs ran integer kernels."""
     import openvino as ov
 
-    compiled = ov.Core().compile_model(str(path), "CPU", _ov_config(threads, precision, perf_count=True))
+    compiled, _ = _ov_compile(ov.Core(), path, _ov_config(threads, precision, perf_count=True))
     request = compiled.create_infer_request()
     request.infer({0: x})
     times: dict[str, float] = collections.defaultdict(float)

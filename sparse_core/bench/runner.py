@@ -186,6 +186,12 @@ def interleaved(runs: dict[str, Callable[[], Any]], warmup: int, seconds: float)
     return {name: m.latencies for name, m in zip(runs, models)}
 
 
+def _notes(m: _Model) -> dict[str, Any]:
+    """How the engine had to load the model, when that was not the plain way (e.g. ``openvino_note``)."""
+    extra = m.loaded.extra if m.loaded is not None else {}
+    return {k: v for k, v in extra.items() if k.endswith("_note") and v}
+
+
 def _explain(m: _Model, engine: str, profile_runs: int) -> dict[str, Any]:
     """Per-op-type time and the share of conv MACs the engine ran in integer kernels (see ``why``)."""
     if engine == "deepsparse" or profile_runs <= 0:
@@ -235,7 +241,7 @@ def benchmark(
         _load(m, x.astype(m.dtype), engine, threads, precision, shared=len(models) > 1, isa=isa)
     wall = _time(models, warmup, iterations, seconds)
     summaries = [{**_summary(m), "engine": engine, "engine_version": m.engine_version, "precision": m.precision,
-                  **_explain(m, engine, profile_runs)} for m in models]
+                  **_notes(m), **_explain(m, engine, profile_runs)} for m in models]
     result = {
         **summaries[0],
         "batch": models[0].input_shape[0],
@@ -260,11 +266,12 @@ def benchmark(
 
 
 def benchmark_many(models: dict[str, str | os.PathLike], engine: str = "onnxruntime", threads: int | None = None,
-                   warmup: int = 5, seconds: float = DEFAULT_SECONDS, precision: str | None = None) -> dict[str, dict]:
+                   warmup: int = 5, seconds: float = DEFAULT_SECONDS, precision: str | None = None,
+                   isa: str | None = None) -> dict[str, dict]:
     """Several models (.onnx or deployment folders, same input shape) loaded together and timed interleaved by
     ``benchmark``'s rules, ``seconds`` each: load drift on a shared CPU then hits every model alike, so ratios
     between them hold (timing them one after another gave +-25% between runs of the frontier). One summary each."""
-    _check_args(engine, None, None, threads, warmup, None, seconds, precision)
+    _check_args(engine, None, None, threads, warmup, None, seconds, precision, isa)
     threads = default_threads(threads)
     loaded = {name: _model_under_test(p, engine, None, None) for name, p in models.items()}
     shapes = {tuple(m.input_shape) for m in loaded.values()}
@@ -273,12 +280,12 @@ def benchmark_many(models: dict[str, str | os.PathLike], engine: str = "onnxrunt
     x = np.random.default_rng(0).random(next(iter(loaded.values())).input_shape, dtype=np.float32)
     try:
         for m in loaded.values():
-            _load(m, x.astype(m.dtype), engine, threads, precision, shared=True)
+            _load(m, x.astype(m.dtype), engine, threads, precision, shared=True, isa=isa)
         _time(list(loaded.values()), warmup, None, seconds * len(loaded))
     finally:
         for m in loaded.values():
             if m.loaded is not None:
                 m.loaded.close()
     return {name: {**_summary(m), "engine": engine, "engine_version": m.engine_version, "precision": m.precision,
-                   "native_share": m.loaded.extra.get("native_share"), "threads": threads}
+                   "native_share": m.loaded.extra.get("native_share"), "threads": threads, **_notes(m)}
             for name, m in loaded.items()}
