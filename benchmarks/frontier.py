@@ -155,6 +155,16 @@ def accuracy(folder: Path, data: Path, engine: str) -> float:
     return float(val_onnx(folder, data / "data.yaml", engine=engine)["map50_95"])
 
 
+VNNI_CAP = "AVX512_CORE_VNNI"  # engine "openvino-vnni": OpenVINO with oneDNN capped there (AMX INT8 kernels are slow
+                               # at thin widths: docs/engines.md)
+
+
+def default_engines() -> list[str]:
+    from sparse_core.bench.cpu import cpu_info
+
+    return ["onnxruntime", "openvino", *(["openvino-vnni"] if cpu_info()["flags"]["amx"] else []), "deepsparse"]
+
+
 def speeds(folders: dict[str, Path], engine: str, threads: int, seconds: float) -> dict[str, dict]:
     """images/s of every variant's speed folder on ``engine``, all loaded together and timed interleaved
     (``sparse_core.bench.benchmark_many``); {} for DeepSparse without its side venv."""
@@ -162,6 +172,8 @@ def speeds(folders: dict[str, Path], engine: str, threads: int, seconds: float) 
     from sparse_core.errors import UserError
 
     try:
+        if engine == "openvino-vnni":
+            return benchmark_many(folders, engine="openvino", threads=threads, seconds=seconds, isa=VNNI_CAP)
         return benchmark_many(folders, engine=engine, threads=threads, seconds=seconds)
     except UserError as err:
         if engine == "deepsparse":
@@ -188,6 +200,8 @@ def measure_speed(args, rows: dict[str, dict], speed_folders: dict[str, Path]) -
             row[f"images_per_s_{engine}"] = None if r is None else round(float(r["images_per_s"]), 2)
             if r and r.get("precision"):
                 row[f"precision_{engine}"] = str(r["precision"])
+            if r and r.get("openvino_note"):  # loaded another way than the plain one (sparse_core.bench.engines)
+                row[f"note_{engine}"] = r["openvino_note"]
 
 
 # ---------------------------------------------------------------------------------------------------- reporting
@@ -318,7 +332,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--generated", nargs="*", type=float, default=None,
                     help="uniform levels to match with a sensitivity-generated recipe (analyze + recipe generate) at "
                          "equal predicted speed; variants g50/g65... (none: --generated with no value)")
-    ap.add_argument("--engines", nargs="+", default=["onnxruntime", "openvino", "deepsparse"])
+    ap.add_argument("--engines", nargs="+", default=None, help="default: onnxruntime openvino deepsparse, plus "
+                    f"openvino-vnni (oneDNN capped at {VNNI_CAP}) on CPUs with AMX")
     ap.add_argument("--n-train", type=int), ap.add_argument("--n-val", type=int)
     ap.add_argument("--imgsz", type=int, help="training/validation size (speed is always at --speed-imgsz)")
     ap.add_argument("--epochs", type=int), ap.add_argument("--prune-epochs", type=int)
@@ -344,6 +359,7 @@ def parse(argv=None) -> argparse.Namespace:
     for k, v in (quick if args.quick else full).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    args.engines = args.engines or default_engines()
     return args
 
 
