@@ -381,15 +381,17 @@ def _deploy_lineage(tracker, deploy: Path, summary: dict) -> dict:
 
 
 def benchmark(model: str, out: str, engine: str = "onnxruntime", threads: int = 0, seconds: float = 0.0,
-              iterations: int = 50, warmup: int = 5, ctx: StepContext = StepContext(), precision: str = "") -> dict:
+              iterations: int = 50, warmup: int = 5, ctx: StepContext = StepContext(), precision: str = "",
+              isa: str = "") -> dict:
     """Throughput/latency/size of the deployment folder ``model`` (``sparse_core.bench``); ``out`` is a JSON file.
+    ``isa`` (OpenVINO): cap oneDNN's instruction set (``sparse_core.bench.openvino_isa``).
 
     Cached per (model.onnx sha256, engine, threads, run length, CPU model): a speed measured on another CPU is not
     reused.
     """
     step = ctx.named("benchmark")
     params = {"engine": engine, "threads": threads, "seconds": seconds, "iterations": iterations, "warmup": warmup,
-              "precision": precision or "default"}
+              "precision": precision or "default", **({"isa": isa} if isa else {})}
     with step_run(step, params, ctx) as tracker:
         from sparse_core.bench import benchmark as bench
         from sparse_core.bench.cpu import cpu_info
@@ -402,6 +404,7 @@ def benchmark(model: str, out: str, engine: str = "onnxruntime", threads: int = 
                                      else os.cpu_count() or 1)
         cpu = cpu_info()
         parts = {"onnx": file_sha256(onnx_path), "engine": engine, "precision": precision, "threads": threads_n,
+                 **({"isa": isa.upper()} if isa else {}),
                  "seconds": float(seconds),
                  "iterations": int(iterations), "warmup": int(warmup),
                  "cpu": {k: cpu.get(k) for k in ("model", "isa", "flags", "available_cpus")}}
@@ -410,7 +413,7 @@ def benchmark(model: str, out: str, engine: str = "onnxruntime", threads: int = 
         def compute(o: Path) -> dict:
             res = bench(str(deploy), engine=engine, threads=threads_n, warmup=int(warmup),
                         iterations=int(iterations) if not float(seconds) else None,
-                        seconds=float(seconds) or None, precision=precision or None)
+                        seconds=float(seconds) or None, precision=precision or None, isa=isa or None)
             res["model"] = "model.onnx"
             write_json(o / "benchmark.json", res)
             return res

@@ -161,6 +161,11 @@ def test_benchmark_step_engine_precision_in_mlflow(models, tmp_path):
     assert params["bench.engine"] == "openvino" and params["bench.precision"] == "f32"
     assert params["bench.engine_version"] == res["engine_version"] and params["precision"] == "f32"
     assert runs[0].data.metrics["images_per_s"] > 0 and "integer_conv_mac_share" in runs[0].data.metrics
+    capped = steps.benchmark(model=str(root / "qdq"), out=str(tmp_path / "capped.json"), engine="openvino",
+                             isa="avx2", iterations=2, warmup=0, ctx=steps.StepContext(mlflow_uri=uri, cache_dir="none"))
+    assert capped["isa_cap"] == "AVX2" and capped["precision"] == "f32"  # no BF16 under an AVX2 cap
+    run = client.search_runs([e.experiment_id for e in client.search_experiments()], "params.isa = 'avx2'")[0]
+    assert run.data.params["bench.isa_cap"] == "AVX2"
 
 
 def test_interleaved_protocol_counts_untimed_runs():

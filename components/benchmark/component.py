@@ -13,6 +13,7 @@ def benchmark(
     metrics: Output[Metrics],
     engine: str = "onnxruntime",
     precision: str = "",
+    isa: str = "",
     threads: int = 0,
     seconds: float = 0.0,
     iterations: int = 50,
@@ -37,6 +38,8 @@ def benchmark(
         engine: ``onnxruntime``, ``openvino``, or ``deepsparse`` (when its side venv is in the image).
         precision: OpenVINO inference precision ``f32``/``bf16``/``f16``; empty keeps OpenVINO's default (bf16 on
             AVX512_BF16/AMX CPUs). The resolved precision is in the result and logged as an MLflow param.
+        isa: OpenVINO only: cap oneDNN's instruction set (``ONEDNN_MAX_CPU_ISA``), e.g. ``AVX512_CORE_VNNI`` where
+            AMX INT8 kernels run a thinned model slower; empty = no cap.
         threads: Inference threads; 0 = the CPUs this pod may use.
         seconds: Measure for this long (0 = use ``iterations``).
         iterations: Timed iterations when ``seconds`` is 0.
@@ -52,7 +55,7 @@ def benchmark(
     from sparse_core import steps
 
     res = steps.benchmark(model=deployment.path, out=result.path, engine=engine, threads=threads, seconds=seconds,
-                          iterations=iterations, warmup=warmup, precision=precision,
+                          iterations=iterations, warmup=warmup, precision=precision, isa=isa,
                           ctx=steps.StepContext(mlflow_uri, experiment, parent_run_id, cache_dir))
     for key, value in steps.bench_metrics(res).items():
         metrics.log_metric(key, float(value))
