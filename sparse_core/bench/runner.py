@@ -237,11 +237,16 @@ def benchmark(
         raise UserError(f"--compare: {models[1].path} input shape {models[1].input_shape} differs from "
                         f"{models[0].path} {models[0].input_shape}; expected both exported at the same --imgsz/--batch")
     x = np.random.default_rng(0).random(models[0].input_shape, dtype=np.float32)  # content does not change speed
-    for m in models:
-        _load(m, x.astype(m.dtype), engine, threads, precision, shared=len(models) > 1, isa=isa)
-    wall = _time(models, warmup, iterations, seconds)
-    summaries = [{**_summary(m), "engine": engine, "engine_version": m.engine_version, "precision": m.precision,
-                  **_notes(m), **_explain(m, engine, profile_runs)} for m in models]
+    try:
+        for m in models:
+            _load(m, x.astype(m.dtype), engine, threads, precision, shared=len(models) > 1, isa=isa)
+        wall = _time(models, warmup, iterations, seconds)
+        summaries = [{**_summary(m), "engine": engine, "engine_version": m.engine_version, "precision": m.precision,
+                      **_notes(m), **_explain(m, engine, profile_runs)} for m in models]
+    finally:  # worker processes (DeepSparse, a capped OpenVINO) end here, not at interpreter exit
+        for m in models:
+            if m.loaded is not None:
+                m.loaded.close()
     result = {
         **summaries[0],
         "batch": models[0].input_shape[0],
