@@ -29,6 +29,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from sparse_core.bench.openvino_isa import VNNI_CAP  # noqa: E402  (the "openvino-vnni" column's oneDNN cap)
+
 RESULTS = ROOT / "benchmarks" / "results"
 STRUCTURED = {"s50": ("structured_kd_50.yaml", 0.5), "s65": ("structured_kd_50.yaml", 0.65),
               "s75": ("structured_kd_75.yaml", 0.75)}
@@ -153,10 +155,6 @@ def accuracy(folder: Path, data: Path, engine: str) -> float:
     from sparse_core.onnx_val import val_onnx
 
     return float(val_onnx(folder, data / "data.yaml", engine=engine)["map50_95"])
-
-
-VNNI_CAP = "AVX512_CORE_VNNI"  # engine "openvino-vnni": OpenVINO with oneDNN capped there (AMX INT8 kernels are slow
-                               # at thin widths: docs/engines.md)
 
 
 def default_engines() -> list[str]:

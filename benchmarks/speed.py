@@ -34,6 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from sparse_core.bench.openvino_isa import VNNI_CAP  # noqa: E402
+
 VARIANTS = ("dense", "thin", "pq", "thin16", "pq16")
 LABELS = {"dense": "dense FP32", "thin": "thin FP32 (75% channels removed)", "pq": "PQ (thin + INT8 QAT)",
           "thin16": "thin with every kept width a multiple of 16 (channel_multiple: 16)", "pq16": "thin16 + INT8 QAT"}
@@ -138,9 +140,6 @@ def export_all(args, work: Path, data: Path, ckpts: dict) -> dict[str, dict]:
         }
         log(f"v8{size}-{variant}: mAP50-95 {rows[f'v8{size}-{variant}']['map50_95']:.4f} (onnxruntime)")
     return rows
-
-
-VNNI_CAP = "AVX512_CORE_VNNI"
 
 
 def engines_available() -> list[tuple[str, str | None]]:

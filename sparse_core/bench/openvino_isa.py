@@ -24,6 +24,7 @@ ENV = "ONEDNN_MAX_CPU_ISA"
 # oneDNN's names, oldest to newest (its documentation, "CPU dispatcher control")
 ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI", "AVX512_CORE_BF16",
         "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16", "ALL")
+VNNI_CAP = "AVX512_CORE_VNNI"  # the cap that moves INT8 convs off AMX kernels (the "openvino-vnni" benchmark column)
 
 
 def check(isa: str) -> str:
@@ -43,15 +44,16 @@ def default_precision(isa: str) -> str | None:
 
 def load(path: Path, x: np.ndarray, threads: int, precision: str | None, isa: str) -> Loaded:
     """``path`` compiled by OpenVINO in a worker whose oneDNN is capped at ``isa``."""
+    cap = check(isa)
     cmd = [sys.executable, "-m", "sparse_core.bench.openvino_isa", str(path), json.dumps(list(x.shape)), str(x.dtype),
-           str(threads), precision or default_precision(isa) or ""]
-    proc, hello = pipe_worker.start(cmd, {**os.environ, ENV: check(isa)}, path, f"OpenVINO ({isa})")
+           str(threads), precision or default_precision(cap) or ""]
+    proc, hello = pipe_worker.start(cmd, {**os.environ, ENV: cap}, path, f"OpenVINO ({isa})")
 
     def profile(n: int) -> dict:
         return json.loads(pipe_worker.request(proc, f"profile {int(n)}", path, "OpenVINO"))
 
     return Loaded(pipe_worker.runner(proc, path, "OpenVINO"), hello["version"], hello["precision"], profile=profile,
-                  extra={"isa_cap": check(isa)}, close=proc.kill)
+                  extra={"isa_cap": cap}, close=proc.kill)
 
 
 def _serve(model: str, shape: list[int], dtype: str, threads: int, precision: str | None) -> int:

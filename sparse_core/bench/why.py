@@ -108,7 +108,9 @@ def _amx_hint(result: dict[str, Any]) -> str:
     kernels = (result.get("integer_kernels") or {}).get("kernels") or []
     if result.get("isa_cap") or not any("amx" in k.lower() and _is_integer_kernel(k) for k in kernels):
         return ""
-    return "; its INT8 convs ran on AMX kernels (slow at narrow widths): try --isa AVX512_CORE_VNNI"
+    from sparse_core.bench.openvino_isa import VNNI_CAP
+
+    return f"; its INT8 convs ran on AMX kernels (slow at narrow widths): try --isa {VNNI_CAP}"
 
 
 def verdict(result: dict[str, Any]) -> str:
