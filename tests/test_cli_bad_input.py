@@ -129,6 +129,8 @@ CASES = [
     ("train-model-missing", [*TRAIN, "--model", "{ws}/nope.pt", "--data", D]),
     ("train-model-garbage", [*TRAIN, "--model", "{ws}/garbage.pt", "--data", D]),
     ("train-model-no-yaml", [*TRAIN, "--model", "yolov99z.yaml", "--data", D]),
+    ("train-model-is-recipe", [*TRAIN, "--model", R, "--data", D]),
+    ("train-model-is-data-yaml", [*TRAIN, "--model", D, "--data", D]),
     ("train-batch-0", [*TRAIN, "--model", "yolov8n.yaml", "--data", D, "--batch", "0"]),
     ("train-epochs-0", [*TRAIN, "--model", "yolov8n.yaml", "--data", D, "--epochs", "0"]),
     ("train-imgsz-16", [*TRAIN, "--model", "yolov8n.yaml", "--data", D, "--imgsz", "16"]),
@@ -217,6 +219,8 @@ def test_bad_input_is_one_line_exit_2(argv, ws, capfd, monkeypatch):
     assert "Traceback" not in captured.err + captured.out
     assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:\n{captured.err[-3000:]}"
     assert "error" in lines[0]
+    if argv[0] == "train" and "--model" in argv and argv[argv.index("--model") + 1] in (R, D):
+        assert "--model" in lines[0] and "expected an Ultralytics model yaml" in lines[0], lines[0]
     assert not (ws / "out").exists(), "a failed command left output behind"
     after = sorted(p.relative_to(ws) for p in ws.rglob("*") if "home" not in p.parts)
     assert after == before, f"files changed: {set(after) ^ set(before)}"

@@ -87,10 +87,25 @@ def _resolve_model(model: str, zoo: str | None) -> tuple[str, dict | None]:
     from ultralytics.nn.tasks import yaml_model_load
 
     try:
-        yaml_model_load(model)
+        spec = yaml_model_load(model)
     except (FileNotFoundError, OSError):
         raise UserError(f"--model {model}: model yaml not found (neither a file nor an Ultralytics model name)") from None
+    except ValueError:  # Ultralytics' YAML loader: syntax errors and unknown tags such as a recipe's !Modifier
+        spec = None
+    if not (isinstance(spec, dict) and "backbone" in spec and "head" in spec):
+        hint = " (this looks like a recipe: pass it as --recipe)" if _looks_like_recipe(model) else ""
+        raise UserError(f"--model {model}: expected an Ultralytics model yaml with backbone: and head: "
+                        f"sections, a .pt checkpoint or a zoo: stub{hint}")
     return model, None
+
+
+def _looks_like_recipe(path: str) -> bool:
+    """A recipe where a model yaml is expected: it names modifiers (``!...Modifier`` tags or a ``modifiers`` key)."""
+    try:
+        text = Path(path).read_text(errors="replace")[:100_000]
+    except OSError:
+        return False
+    return "Modifier" in text or "modifiers:" in text
 
 
 @dataclass(frozen=True)
