@@ -5,7 +5,9 @@ in a log file.
 Quiet mode points file descriptors 1 and 2 at the log, so output from any library, thread or child process lands
 there; the terminal keeps a private copy of the original stdout. A watcher thread reads two things as they grow:
 the log, for kfp.local's "Executing task" / "finished with status" lines, and a progress file that training
-appends epoch events to (``sparse_core.progress``). ``verbose`` leaves the descriptors alone and prints everything.
+appends epoch events to (``sparse_core.progress``). When stdout is not a terminal (CI, a pod log, ``make demo >
+log``) the live line is not redrawn: each step and training prints its finished line only, so captured output
+stays a line per stage and step instead of one line per redraw. ``verbose`` leaves the descriptors alone and prints everything.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class Console:
         self._stop = threading.Event()
         self._live: dict | None = None  # the line being redrawn: label, start time, epoch, epochs
         self._offsets = {"log": 0, "progress": 0}
+        self.tty = False  # set on entering quiet mode: whether the terminal copy is a terminal (redraws allowed)
 
     # ------------------------------------------------------------------------------------------ set up / tear down
 
@@ -49,6 +52,7 @@ class Console:
         sys.stderr.flush()
         self._saved = (os.dup(1), os.dup(2))
         self.term = os.fdopen(os.dup(1), "w", buffering=1)
+        self.tty = self.term.isatty()
         log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
@@ -111,8 +115,8 @@ class Console:
         self.term.flush()
 
     def _draw(self, final: str | None = None) -> None:
-        if self.verbose or self._live is None:
-            return
+        if self.verbose or self._live is None or (final is None and not self.tty):
+            return  # not a terminal (CI, a pod log, `make demo > log`): no redraws, only the finished line
         live = self._live
         text = f"      {live['label']:<22}"
         if live["epochs"]:
@@ -122,7 +126,7 @@ class Console:
         text += f" {time.time() - live['t0']:5.0f}s"
         if final is not None:
             text += f"  {final}" if final else ""
-        self._write("\r" + text + ("\n" if final is not None else ""))
+        self._write(("\r" if self.tty else "") + text + ("\n" if final is not None else ""))
 
     def _finish_live(self, detail: str) -> None:
         if self._live is not None:
