@@ -254,3 +254,76 @@ def test_model_and_weights_take_a_sparseml_checkpoint_directly(sml, data, tmp_pa
     last = load_checkpoint(json.loads(r.stdout.strip().splitlines()[-1])["weights"]["last"])
     source = sparsepipe_meta(last)["sparseml_source"]
     assert source["sha256"] == hashlib.sha256(sml["pruned_final"].read_bytes()).hexdigest()
+
+
+# Issue 30: QAT checkpoints whose QuantizationModifier scopes quantization (made by make_fixtures.sh --forms, finished
+# 2-epoch GMP + QAT runs): seed 002's legacy `submodules` form (head left in float), a legacy `exclude_module_types`
+# form, and seed 000's scheme form with the whole head `ignore`d by name. SparseML fuses Conv+BN across the whole
+# model, so the blocks it left in float carry its fused-float names (`conv.0`, `conv.1.bn`).
+FORMS = ("submodules", "exclude_types", "ignore_head")
+
+
+@pytest.fixture(scope="module")
+def form_ckpts(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("sparseml-forms")
+    out = {}
+    for form in FORMS:
+        out[form] = root / f"qat_{form}.pt"
+        out[form].write_bytes(lzma.decompress((FIX / f"qat_{form}.pt.xz").read_bytes()))
+    return out
+
+
+def _box_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference of the box rows (xywh, pixels) of two (N, 4 + classes, anchors) outputs."""
+    return float(np.abs(a[:, :4] - b[:, :4]).mean())
+
+
+def _onnx_outputs(path: Path, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Our QDQ export on onnxruntime and on OpenVINO (f32, so the CPU's bf16 default does not blur the comparison)."""
+    import onnxruntime as ort
+    import openvino as ov
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    return {"onnxruntime": np.concatenate([sess.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))]),
+            "openvino": np.concatenate([compiled(x[i : i + 1])[0] for i in range(len(x))])}
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_scoped_qat_imports_exports_like_sparseml(form_ckpts, tmp_path, form):
+    import onnx
+
+    from sparse_core.export import export_model
+    from sparse_core.sparseml_compat.mismatch import quantized_modules
+    from sparse_core.sparseml_compat.names import fused_float
+
+    meta = json.loads((FIX / "expected_qat_forms.json").read_text())[form]
+    expected = np.load(FIX / "expected_qat_forms.npz")
+    import_sparseml(form_ckpts[form], tmp_path / "imported")
+    weights = tmp_path / "imported" / "weights" / "last.pt"
+    model = checkpoint_model(load_checkpoint(weights))
+    _, x = _inputs()
+    ours = _outputs(model, x)
+    theirs = expected[f"{form}_torch"]
+    bound = 2 * meta["onnx_box_diff"] + 0.1  # SparseML's own ONNX vs its PyTorch model, x2, + 0.1 px
+    assert _box_diff(ours, theirs) <= bound
+    assert np.abs(ours - theirs).max() <= _finest_step(model)
+    target = model.state_dict()
+    assert _layer_sparsity(model) == {fused_float(our_name(k), target): v for k, v in meta["sparsity"].items()}
+    # the same modules quantized: SparseML's fake quants (its state names) are exactly ours
+    sml = quantized_modules(fused_float(our_name(k), target) for k in meta["fake_quant_keys"])
+    mine = quantized_modules(n + ".scale" for n in fake_quant_modules(model))
+    assert sml == mine and sml
+    head = {m for m in mine if m.startswith("model.22.")}
+    if form == "exclude_types":  # prediction convs (type Conv2d) excluded: input quantized only; branches quantized
+        assert mine["model.22.cv2.0.2"] == {"input"} and mine["model.22.cv3.2.0.conv"] >= {"input", "weight"}
+        assert not any(m.startswith("model.22.dfl") for m in mine)
+    else:  # outside submodules / ignored: the whole head in float
+        assert not head
+    info = export_model(str(weights), tmp_path / "deploy", imgsz=64)
+    assert info["quantized"]
+    onnx_path = tmp_path / "deploy" / "model.onnx"
+    assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(onnx_path)).graph.node}
+    for engine, y in _onnx_outputs(onnx_path, x.numpy()).items():
+        assert _box_diff(y, theirs) <= bound, f"{engine}: mean box diff {_box_diff(y, theirs):.3g} > {bound:.3g}"

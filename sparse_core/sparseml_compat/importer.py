@@ -26,7 +26,7 @@ from sparse_core.atomic import atomic_dir
 from sparse_core.checkpoint import save_atomic
 from sparse_core.data.hashing import file_sha256
 from sparse_core.errors import UserError
-from sparse_core.sparseml_compat import names
+from sparse_core.sparseml_compat import mismatch, names
 from sparse_core.sparseml_compat.reader import SparseMLCheckpoint, read_checkpoint
 
 WEIGHTS = "weights/last.pt"
@@ -71,7 +71,8 @@ def rebuild(ck: SparseMLCheckpoint, state: dict[str, torch.Tensor]):
     manager = RecipeManager(recipe, model, optimizer=None, steps_per_epoch=1)
     manager.initialize(epoch=structure_epoch(ck, recipe))
     saved = manager.state_dict()  # writes masks computed on the random init: overwritten by the load below
-    names.load_mapped(model, state, str(ck.path))
+    mods = recipe.of_type("QuantizationModifier")
+    names.load_mapped(model, state, str(ck.path), why=lambda module: mismatch.recipe_fields(module, model, mods))
     params = dict(model.named_parameters())
     for pruner in saved["pruners"]:
         if pruner.get("masks") is not None:

@@ -5,16 +5,29 @@ input fake quant, ``X.module`` the wrapped module) and keeps an output fake quan
 (``X.module.activation_post_process``). Ours keeps module names and hangs the fake quants on the module itself
 (``X.input_quant``, ``X.output_quant``; ``sparse_core.quantization.modules``). Inside a fake quant (its observer
 ``activation_post_process``, ``scale``, ``zero_point`` ...) and in torch.ao's ``weight_fake_quant`` the names are
-torch's in both. Conv+BN is torch.ao's ``ConvBn2d`` in both, so ``X.conv.weight`` / ``X.conv.bn.*`` agree.
+torch's in both. A quantized Conv+BN is torch.ao's QAT ``ConvBn2d`` in both, so ``X.conv.weight`` / ``X.conv.bn.*``
+agree.
+
+SparseML fuses every Conv+BN of the model before it quantizes any (also outside ``submodules``, in ``ignore``d
+modules and in ``exclude_module_types``), and wraps every BN it leaves unfused-for-QAT in a ``_BNWrapper``: a block
+it fused but left in float is torch's float ``ConvBn2d`` Sequential, ``X.conv.0.*`` (conv) and ``X.conv.1.bn.*``
+(BN). Ours leaves such a block as Ultralytics built it (``X.conv.*``, ``X.bn.*``) or, where our preparation fused it
+without quantizing it, as our ``ConvBn2d`` (``X.conv.*``, ``X.conv.bn.*``); ``fused_float`` maps to whichever the
+rebuilt model has.
 """
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from sparse_core.errors import UserError
+from sparse_core.sparseml_compat import mismatch
 
 _INSIDE_FAKE_QUANT = "weight_fake_quant"
+_FUSED_CONV = re.compile(r"^(.+)\.0\.(weight|bias)$")
+_FUSED_BN = re.compile(r"^(.+)\.1\.bn\.([^.]+)$")
 
 
 def our_name(name: str) -> str:
@@ -34,24 +47,43 @@ def our_name(name: str) -> str:
     return ".".join(out)
 
 
-def map_state(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
-    """SparseML state → our names; the key sets must match exactly (same modules quantized, same parameters)."""
-    mapped = {our_name(k): v for k, v in state.items()}
+def fused_float(name: str, target) -> str:
+    """A name of SparseML's fused-but-float Conv+BN (``P.0.weight``, ``P.1.bn.running_mean``) → the rebuilt model's
+    name for the same tensor (see the module docstring); ``name`` unchanged when it is not one or nothing fits."""
+    if name in target:
+        return name
+    m = _FUSED_CONV.match(name)
+    if m:
+        candidates = [f"{m.group(1)}.{m.group(2)}"]
+    else:
+        m = _FUSED_BN.match(name)
+        if not m:
+            return name
+        block, _, attr = m.group(1).rpartition(".")  # P = block.conv: Ultralytics' BN is block.bn
+        candidates = [f"{m.group(1)}.bn.{m.group(2)}", f"{block}.bn.{m.group(2)}" if attr == "conv" else ""]
+    return next((c for c in candidates if c in target), name)
+
+
+def map_state(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], where: str,
+              why=None) -> dict[str, torch.Tensor]:
+    """SparseML state → our names; the key sets must match exactly (same modules quantized, same parameters).
+    ``why(module, quantized_in_checkpoint)`` names the recipe field behind a quantization difference."""
+    mapped = {fused_float(our_name(k), target): v for k, v in state.items()}
     extra = sorted(set(mapped) - set(target))
     missing = sorted(set(target) - set(mapped))
     if extra or missing:
-        detail = "; ".join(f"{label} {len(names)}: {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}"
-                           for label, names in (("only in the checkpoint", extra), ("only in the rebuilt model",
-                                                                                      missing)) if names)
-        raise UserError(f"{where}: the rebuilt model does not match the checkpoint's state ({detail}); expected the "
-                        "model_yaml and recipe the checkpoint was saved with")
+        raise UserError(f"{where}: the rebuilt model does not match the checkpoint's state "
+                        f"({mismatch.describe(extra, missing, why)}); expected the model_yaml and recipe the "
+                        "checkpoint was saved with")
     return mapped
 
 
-def load_mapped(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+def load_mapped(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str, why=None) -> None:
     """Load a mapped state strictly; observer buffers take the checkpoint's shapes (per-tensor () vs [1] ...)."""
     target = model.state_dict()
-    mapped = map_state(state, target, where)
+    mapped = map_state(state, target, where, why)
+    if per_tensor_weights(model, mapped):
+        target = model.state_dict()
     for key, value in mapped.items():
         if target[key].shape != value.shape:
             if target[key].numel() > 1 and target[key].dim() and "weight_fake_quant" not in key and \
@@ -60,6 +92,28 @@ def load_mapped(model: torch.nn.Module, state: dict[str, torch.Tensor], where: s
                                 f"{tuple(target[key].shape)} in the rebuilt model; expected the same model_yaml")
             _owner_buffer(model, key).resize_(value.shape)
     model.load_state_dict(mapped, strict=True)
+
+
+def per_tensor_weights(model: torch.nn.Module, mapped: dict[str, torch.Tensor]) -> int:
+    """SparseML's legacy QuantizationModifier quantized weights per tensor (its QConfigProperties default; its
+    resolved recipe does not say so), ours per channel: where the checkpoint holds one weight scale, the rebuilt
+    module's weight fake quant becomes per-tensor on the same int8 range. Returns the fake quants replaced."""
+    from sparse_core.quantization.modules import fake_quant
+    from sparse_core.quantization.scheme import QArgs
+
+    n = 0
+    for key, value in mapped.items():
+        if not key.endswith(".weight_fake_quant.scale") or value.numel() != 1:
+            continue
+        module = model.get_submodule(key[: -len(".weight_fake_quant.scale")])
+        fq = module.weight_fake_quant
+        if fq.qscheme not in (torch.per_channel_symmetric, torch.per_channel_affine):
+            continue
+        symmetric = fq.qscheme == torch.per_channel_symmetric
+        module.weight_fake_quant = fake_quant(QArgs(8, symmetric=symmetric, reduce_range=fq.quant_max == 127 and
+                                                    not symmetric))
+        n += 1
+    return n
 
 
 def _owner_buffer(model: torch.nn.Module, key: str) -> torch.Tensor:
