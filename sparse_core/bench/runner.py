@@ -205,6 +205,16 @@ def _explain(m: _Model, engine: str, profile_runs: int) -> dict[str, Any]:
     return {"profile": prof, "integer_conv_mac_share": share["integer_conv_mac_share"], "integer_kernels": share}
 
 
+def _chosen_isa(model: str | os.PathLike, engine: str) -> str | None:
+    """The oneDNN cap a chosen deployment was measured fastest under on ``engine`` (its deployment.json)."""
+    from sparse_core.export.choose import read_decision
+
+    if not Path(model).exists():
+        return None
+    decision = read_decision(model)
+    return decision.get("isa_cap") if decision and decision.get("engine") == engine else None
+
+
 def benchmark(
     model: str | os.PathLike,
     engine: str = "onnxruntime",
@@ -230,6 +240,7 @@ def benchmark(
     """
     _check_args(engine, batch, imgsz, threads, warmup, iterations, seconds, precision, isa)
     threads = default_threads(threads)
+    isa = isa or _chosen_isa(model, engine)
     if iterations is None and seconds is None:
         seconds = DEFAULT_SECONDS
     models = [_model_under_test(p, engine, batch, imgsz) for p in [model] + ([compare] if compare is not None else [])]
@@ -272,11 +283,16 @@ def benchmark(
 
 def benchmark_many(models: dict[str, str | os.PathLike], engine: str = "onnxruntime", threads: int | None = None,
                    warmup: int = 5, seconds: float = DEFAULT_SECONDS, precision: str | None = None,
-                   isa: str | None = None) -> dict[str, dict]:
+                   isa: str | None = None, isas: dict[str, str] | None = None) -> dict[str, dict]:
     """Several models (.onnx or deployment folders, same input shape) loaded together and timed interleaved by
     ``benchmark``'s rules, ``seconds`` each: load drift on a shared CPU then hits every model alike, so ratios
-    between them hold (timing them one after another gave +-25% between runs of the frontier). One summary each."""
+    between them hold (timing them one after another gave +-25% between runs of the frontier). One summary each.
+    ``isas`` (OpenVINO): a oneDNN cap per model name, over ``isa`` (the deployment choice times a model with and
+    without the cap side by side)."""
     _check_args(engine, None, None, threads, warmup, None, seconds, precision, isa)
+    for cap in (isas or {}).values():
+        _check_args(engine, None, None, threads, warmup, None, seconds, precision, cap)
+    isas = {name: (isas or {}).get(name) or isa for name in models}
     threads = default_threads(threads)
     loaded = {name: _model_under_test(p, engine, None, None) for name, p in models.items()}
     shapes = {tuple(m.input_shape) for m in loaded.values()}
@@ -284,13 +300,14 @@ def benchmark_many(models: dict[str, str | os.PathLike], engine: str = "onnxrunt
         raise UserError(f"models: input shapes differ ({sorted(shapes)}); expected all exported at the same size")
     x = np.random.default_rng(0).random(next(iter(loaded.values())).input_shape, dtype=np.float32)
     try:
-        for m in loaded.values():
-            _load(m, x.astype(m.dtype), engine, threads, precision, shared=True, isa=isa)
+        for name, m in loaded.items():
+            _load(m, x.astype(m.dtype), engine, threads, precision, shared=True, isa=isas[name])
         _time(list(loaded.values()), warmup, None, seconds * len(loaded))
     finally:
         for m in loaded.values():
             if m.loaded is not None:
                 m.loaded.close()
     return {name: {**_summary(m), "engine": engine, "engine_version": m.engine_version, "precision": m.precision,
-                   "native_share": m.loaded.extra.get("native_share"), "threads": threads, **_notes(m)}
+                   "native_share": m.loaded.extra.get("native_share"), "threads": threads,
+                   "isa_cap": isas[name] and isas[name].upper(), **_notes(m)}
             for name, m in loaded.items()}

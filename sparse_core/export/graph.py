@@ -33,7 +33,10 @@ GZIP_LEVEL = 6  # `gzip` default; level 9 took 12x longer on a 12 MB half-sparse
 def deployment_model(path: str | os.PathLike, engine: str | None = None) -> Path:
     """The ONNX file named by ``path``: an ``.onnx`` file, or a deployment folder holding ``model.onnx``. With
     ``engine``, a QDQ export's form for that engine when the folder has one (``model.deepsparse.onnx``,
-    ``model.openvino.onnx``: same weights and grids, written by export; see ``qdq``)."""
+    ``model.openvino.onnx``: same weights and grids, written by export; see ``qdq``) — unless the folder's
+    deployment.json chose ``model.onnx`` for that engine by measurement (``choose``)."""
+    import json
+
     from sparse_core.export.qdq import ENGINE_FILES
 
     path = Path(path)
@@ -41,6 +44,9 @@ def deployment_model(path: str | os.PathLike, engine: str | None = None) -> Path
         path = path / "model.onnx"
     if not path.is_file():
         raise UserError(f"{path}: model not found; expected an .onnx file or a deployment folder with model.onnx")
+    chosen = path.parent / "deployment.json"
+    if path.name == "model.onnx" and chosen.is_file() and json.loads(chosen.read_text()).get("engine") == engine:
+        return path
     own = ENGINE_FILES.get(engine) if path.name == "model.onnx" else None
     return path.parent / own if own and (path.parent / own).is_file() else path
 
