@@ -358,6 +358,9 @@ class QuantizationModifier(Modifier):
     tensorrt: bool | None = None
     num_calibration_steps: Int | None = None
     strict: bool | None = None  # SparseML: ignore/scheme_overrides names must all match (sparsepipe: warn unless true)
+    # sparsepipe: every module's weight granularity, whatever the scheme says (tensor: the only weight scales
+    # DeepSparse 1.8 compiles natively; see quantization.scheme.for_engine)
+    weight_strategy: Literal["tensor", "channel"] | None = None
 
     def problems(self):
         yield from super().problems()
