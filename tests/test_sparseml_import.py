@@ -327,3 +327,29 @@ def test_scoped_qat_imports_exports_like_sparseml(form_ckpts, tmp_path, form):
     assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(onnx_path)).graph.node}
     for engine, y in _onnx_outputs(onnx_path, x.numpy()).items():
         assert _box_diff(y, theirs) <= bound, f"{engine}: mean box diff {_box_diff(y, theirs):.3g} > {bound:.3g}"
+
+
+def test_scoped_qat_mismatch_names_modules_and_recipe_fields(form_ckpts, tmp_path):
+    """A recipe that does not fit the checkpoint (model.21 dropped from `submodules`): one line naming the modules
+    SparseML quantized and the field that explains them, not only the first differing keys."""
+    from sparse_core.recipe import load_recipe
+    from sparse_core.sparseml_compat.mismatch import recipe_fields
+    from sparse_core.sparseml_compat.reader import _numpy_globals
+
+    with torch.serialization.safe_globals(_numpy_globals()):
+        ckpt = torch.load(form_ckpts["submodules"], map_location="cpu", weights_only=True)
+    assert "'model.21', " in ckpt["recipe"]
+    ckpt["recipe"] = ckpt["recipe"].replace("'model.21', ", "")
+    bad, out = tmp_path / "bad.pt", tmp_path / "out"
+    torch.save(ckpt, bad)
+    r = _run("import", "sparseml", str(bad), "--out", str(out))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and not out.exists(), r.stderr
+    assert "quantized only in the checkpoint 8: model.21.cv1.act (input; SiLU: outside submodules" in r.stderr
+    assert "model.21.cv1.conv (input/weight; Conv2d: outside submodules)" in r.stderr
+    assert "quantized only in the rebuilt model" not in r.stderr
+    # sparsepipe's own rule is named too: a SparseML recipe that quantized the DFL box decode cannot be rebuilt
+    import_sparseml(form_ckpts["submodules"], tmp_path / "ok")
+    model = checkpoint_model(load_checkpoint(tmp_path / "ok" / "weights" / "last.pt"))
+    mods = load_recipe(read_checkpoint(form_ckpts["submodules"]).carried_recipe()).of_type("QuantizationModifier")
+    why = recipe_fields("model.22.dfl.conv", model, mods)
+    assert why.startswith("Conv2d: outside submodules") and "DFL box decode: sparsepipe keeps it in float" in why

@@ -47,9 +47,14 @@ def describe(extra: list[str], missing: list[str], why=None) -> str:
             items = [f"{m} ({'/'.join(sorted(k))}{'; ' + why(m) if why else ''})" for m, k in sorted(quant.items())]
             parts.append(f"{label} {len(quant)}: {_listed(items)}")
     for label, keys in (("other tensors only in the checkpoint", extra), ("only in the rebuilt model", missing)):
-        rest = [k for k in keys if owner(k)[1] is None]
-        if rest:
-            parts.append(f"{label} {len(rest)} of {len({owner(k)[0] for k in rest})} module(s): {_listed(rest)}")
+        counts: dict[str, int] = {}
+        for key in keys:
+            module, kind = owner(key)
+            if kind is None:
+                counts[module] = counts.get(module, 0) + 1
+        if counts:
+            items = [f"{m} ({n})" for m, n in sorted(counts.items())]
+            parts.append(f"{label}, {sum(counts.values())} in {len(counts)} module(s): {_listed(items)}")
     return "; ".join(parts)
 
 
@@ -57,9 +62,8 @@ def recipe_fields(name: str, model: nn.Module, mods: list) -> str:
     """The QuantizationModifier fields (and sparsepipe rules) that decide whether module ``name`` is quantized."""
     from sparse_core.quantization.scheme import _match
 
-    modules = dict(model.named_modules())
-    kind = type(modules[name]).__name__ if name in modules else "?"
-    ancestors = [type(modules[p]).__name__ for p in _prefixes(name) if p in modules]
+    kind = _type(model, name)
+    ancestors = [_type(model, p) for p in _prefixes(name)]
     out = []
     for mod in mods:
         if mod.submodules:
@@ -76,6 +80,14 @@ def recipe_fields(name: str, model: nn.Module, mods: list) -> str:
         out.append("DFL box decode: sparsepipe keeps it in float (name model.22.dfl in ignore, or leave it out "
                    "of submodules)")
     return f"{kind}: " + (", ".join(out) if out else "no recipe field names it")
+
+
+def _type(model: nn.Module, name: str) -> str:
+    """Type name of ``name`` (get_submodule: Ultralytics shares one SiLU, which named_modules lists only once)."""
+    try:
+        return type(model.get_submodule(name)).__name__
+    except AttributeError:
+        return "absent"
 
 
 def _prefixes(name: str) -> list[str]:
