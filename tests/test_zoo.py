@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -66,8 +67,14 @@ def test_s3_round_trip_tamper_and_missing_stub(s3_bucket, run_dir, tmp_path, mon
     assert files["model.pt"]["size"] == (run_dir / "weights" / "best.pt").stat().st_size
     assert manifest["recipes"] == {"original": "recipe.yaml", "transfer_learn": "recipe_transfer_learn.md"}
     assert manifest["architecture"] == "yolov8-n" and manifest["dataset"] == "synth"
-    again = zoo_cli("publish", run_dir, STUB, "--zoo", zoo)
-    assert again.returncode == 2 and "already published" in again.stderr
+    again = zoo_cli("publish", run_dir, STUB, "--zoo", zoo, "--json")  # a retried publish: the same entry back
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout.strip().splitlines()[-1]) == manifest
+    changed = tmp_path / "changed"
+    shutil.copytree(run_dir, changed)
+    (changed / "summary.json").write_text(json.dumps({"map50": 0.1}))
+    other = zoo_cli("publish", changed, STUB, "--zoo", zoo)
+    assert other.returncode == 2 and "already published" in other.stderr
     assert zoo_cli("publish", run_dir, OTHER, "--zoo", zoo).returncode == 0
 
     listed = zoo_cli("list", "--zoo", zoo, "--json")

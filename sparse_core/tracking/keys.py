@@ -24,6 +24,7 @@ TAG_PIPELINE_RUN_ID = "pipeline_run_id"
 TAG_DATA_HASH = "data_hash"
 TAG_BASE = "base_model"
 TAG_ONNX_SHA256 = "onnx_sha256"
+TAG_STEP_KEY = "sparsepipe.step_key"  # on a registered version: the pipeline step that created it (retries reuse it)
 LINEAGE_TAG_KEYS = (TAG_RECIPE_SHA256, TAG_GIT_COMMIT, TAG_VERSION, TAG_PIPELINE_RUN_ID, TAG_DATA_HASH, TAG_BASE)
 # a model version (or its run) tagged baseline=dense is the reference for constraints such as 'map50>=0.9*dense'
 TAG_BASELINE = "baseline"

@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from sparse_core import progress
 from sparse_core.errors import UserError
 from sparse_core.tracking import keys
 from sparse_core.tracking.connection import connect, http_limits, resolve_uri
@@ -138,6 +139,7 @@ def register_model(deploy_dir, name: str, run_id: str | None = None, alias: str 
                                                  save_as_external_data=False, extra_files=extra_files,
                                                  pip_requirements=mlflow.onnx.get_default_pip_requirements())
                     mv = mlflow.register_model(info.model_uri, name, tags=version_tags)
+                progress.emit(event="registered", name=name, version=str(mv.version))  # before the alias
                 if alias:
                     client.set_registered_model_alias(name, alias, mv.version)
         except MlflowException as err:
@@ -147,20 +149,47 @@ def register_model(deploy_dir, name: str, run_id: str | None = None, alias: str 
 
 
 def register_or_reuse(deploy_dir, name: str, run_id: str, alias: str | None, tracking_uri: str,
-                      tags: dict, extra: dict) -> dict:
-    """``register_model``, unless a version of ``name`` with the same ``onnx_sha256``, recipe and ``extra`` tags
-    exists: then that version is reused (``alias`` moved to it). The result has ``reused`` True/False."""
+                      tags: dict, extra: dict, step_key: str = "") -> dict:
+    """``register_model``, unless a version of ``name`` exists that this pipeline step already created (same
+    ``pipeline_run_id`` and ``step_key`` tags: a retried step) or with the same ``onnx_sha256``, recipe and
+    ``extra`` tags: then that version is reused (``alias`` moved to it, unless it is there already). The result
+    has ``reused`` True/False."""
     onnx_sha = file_sha256(Path(deploy_dir) / "model.onnx")
     _, client = _client(tracking_uri)
-    existing = _same_version(client, name, onnx_sha, tags.get(keys.TAG_RECIPE_SHA256), extra)
+    mine = {keys.TAG_PIPELINE_RUN_ID: tags.get(keys.TAG_PIPELINE_RUN_ID), keys.TAG_STEP_KEY: step_key}
+    mine = mine if all(mine.values()) else {}
+    existing = (_version_tagged(client, name, mine) if mine else None) or _same_version(
+        client, name, onnx_sha, tags.get(keys.TAG_RECIPE_SHA256), extra)
     if existing is None:
         result = register_model(deploy_dir, name, run_id=run_id, alias=alias, tracking_uri=tracking_uri,
-                                tags={**tags, **extra})
+                                tags={**tags, **mine, **extra})
         return {**result, "reused": False}
-    if alias:
+    if alias and _alias_version(client, name, alias) != str(existing.version):
         client.set_registered_model_alias(name, alias, existing.version)
     return {"name": name, "version": str(existing.version), "run_id": existing.run_id,
             "model_uri": f"models:/{name}/{existing.version}", "onnx_sha256": onnx_sha, "reused": True}
+
+
+def _version_tagged(client, name: str, tags: dict):
+    """The newest version of ``name`` carrying all of ``tags``, or None."""
+    from mlflow.exceptions import MlflowException
+
+    query = " and ".join([f"name='{name}'", *(f"tags.`{k}` = '{v}'" for k, v in tags.items())])
+    try:
+        versions = client.search_model_versions(query)
+    except MlflowException:
+        return None
+    return max(versions, key=lambda v: int(v.version), default=None)
+
+
+def _alias_version(client, name: str, alias: str) -> str:
+    """The version ``alias`` points at ('' when unset)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return ""
 
 
 def _same_version(client, name: str, onnx_sha: str, recipe_sha: str | None, extra: dict):

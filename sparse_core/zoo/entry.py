@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sparse_core import __version__
+from sparse_core import __version__, progress
 from sparse_core.atomic import atomic_dir
 from sparse_core.data.hashing import file_sha256
 from sparse_core.errors import UserError
@@ -109,6 +109,11 @@ def publish(src_dir, stub: str, zoo: str | None = None, overwrite: bool = False)
     staging = tempfile.TemporaryDirectory(prefix="sparsepipe-publish-")
     files = _redacted_text_files(files, Path(staging.name))
     if store.exists(f"{parsed.path}/{MANIFEST}") and not overwrite:
+        published = _manifest(parsed, store)[0]
+        ours = {(name, file_sha256(path)) for name, (path, _role) in files.items()}
+        if {(f["path"], f["sha256"]) for f in published["files"]} == ours:
+            staging.cleanup()
+            return published  # the same files: a retried publish (manifest last, so the entry is complete)
         raise UserError(f"{stub}: already published in {store.uri}; expected a new stub (or --overwrite)")
     entries, recipes = [], {}
     for name, (path, role) in sorted(files.items()):
@@ -123,6 +128,7 @@ def publish(src_dir, stub: str, zoo: str | None = None, overwrite: bool = False)
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "sparsepipe_version": __version__}
     for name, (path, _role) in sorted(files.items()):
         store.upload(f"{parsed.path}/{name}", path)
+        progress.emit(event="zoo_upload", stub=str(parsed), file=name)  # the manifest, uploaded last, is not yet
     with tempfile.TemporaryDirectory() as tmp:
         manifest = json.loads(redact(json.dumps(manifest)))
         manifest_path = Path(tmp) / MANIFEST
