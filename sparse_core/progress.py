@@ -12,6 +12,7 @@ import os
 import time
 
 ENV = "SPARSEPIPE_PROGRESS"
+HOLD_ENV = "SPARSEPIPE_FAULT_HOLD"  # fault tests: "EVENT[:EPOCH]" -> the process pauses right after that event
 
 
 def emit(**event) -> None:
@@ -19,7 +20,7 @@ def emit(**event) -> None:
     path = os.environ.get(ENV)
     if not path:
         return
-    line = json.dumps({"time": round(time.time(), 3), **event}, default=str) + "\n"
+    line = json.dumps({"time": round(time.time(), 3), "pid": os.getpid(), **event}, default=str) + "\n"
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
@@ -28,6 +29,21 @@ def emit(**event) -> None:
             os.close(fd)
     except OSError:
         pass  # progress is a courtesy: training never fails for it
+    _hold(event)
+
+
+def _hold(event: dict) -> None:
+    """Fault tests (``benchmarks/fault_driver.py``): pause for up to 120 s at the named event, so the driver can
+    kill this process at exactly that point (after the event's line is in the progress file)."""
+    want = os.environ.get(HOLD_ENV, "")
+    name, _, epoch = want.partition(":")
+    if want and event.get("event") == name and (not epoch or str(event.get("epoch")) == epoch):
+        from sparse_core import preemption
+
+        for _ in range(1200):  # a SIGTERM deferred by training ends the pause (time.sleep resumes after a handler)
+            if preemption.requested():
+                return
+            time.sleep(0.1)
 
 
 def on_fit_epoch_end(trainer) -> None:

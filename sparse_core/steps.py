@@ -21,6 +21,7 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from sparse_core import step_work
 from sparse_core.atomic import write_json
 from sparse_core.errors import UserError
 from sparse_core.integrations.ultralytics.stage import StageInputs, TrainSettings
@@ -36,6 +37,7 @@ from sparse_core.tracking.step_run import (  # noqa: F401  (re-exported: compone
     TAG_PIPELINE,
     TAG_STEP,
     StepContext,
+    clear_error,
     close_parent_run,
     failed_step_cause,
     log_outcome,
@@ -96,6 +98,20 @@ def _read_json(path: Path, what: str) -> dict:
 def _summary(folder: Path) -> dict:
     """A training output's summary.json ({} when the folder has none)."""
     return _read_json(folder / "summary.json", "training summary") if (folder / "summary.json").is_file() else {}
+
+
+def _input_id(folder: str, *names: str) -> dict:
+    """The identity of a step's input folder for ``step_run`` (sha256 of its first file among ``names``), so
+    that a retry finds its own child run and sweep branches sharing a step name do not ('' when missing: the
+    step itself reports that)."""
+    for name in names:
+        path = Path(folder) / name
+        if path.is_file():
+            try:
+                return {name: file_sha256(path)}
+            except OSError:
+                break
+    return {}
 
 
 def _bool(value) -> bool:
@@ -215,7 +231,8 @@ def sparse_train(checkpoint: str, dataset: str, out: str, recipe: RecipeSettings
     params = {**recipe.params(), "epochs": train.epochs, "imgsz": train.imgsz, "batch": train.batch,
               "seed": train.seed, "teacher": bool(train.teacher), "device": train.device}
     target = float(recipe.sparsity_target)
-    with step_run(step, params, ctx, run_name=f"{step}@{target:g}" if target >= 0 else step) as tracker:
+    with step_run(step, params, ctx, run_name=f"{step}@{target:g}" if target >= 0 else step,
+                  inputs=_input_id(checkpoint, "fetch.json", "model.pt")) as tracker:
         full = recipe.load()
         if full is not None:
             tracker.log_params(full.summary())
@@ -269,7 +286,7 @@ def qat(model: str, dataset: str, out: str, train: TrainSettings = TrainSettings
     step = ctx.named("qat")
     params = {"epochs": train.epochs, "imgsz": train.imgsz, "batch": train.batch, "seed": train.seed,
               "device": train.device}
-    with step_run(step, params, ctx) as tracker:
+    with step_run(step, params, ctx, inputs=_input_id(model, "model.pt")) as tracker:
         from sparse_core.recipe import load_recipe
 
         src, out_dir = Path(model), Path(out)
@@ -309,15 +326,17 @@ def _train_stage(step: str, model: str, model_sha: str, base: str, dataset: str,
              "device": train.device or "auto"}
     inputs = StageInputs(model, data_yaml, data_hash, base, teacher_model)
     settings = replace(train, plots=_bool(train.plots))
+    work = step_work.work_dir(step, parts, ctx.cache_dir)  # survives the pod: a retry resumes from it
 
     def compute(o: Path) -> dict:
         if stage_yaml is not None:
             (o / "recipe.yaml").write_text(stage_yaml)  # the record of what ran; training uses ``stage`` itself
         if full_yaml is not None:
             (o / "recipe.full.yaml").write_text(full_yaml)
-        return train_stage(o, inputs, stage, settings, tracker.run_id)
+        return train_stage(o, inputs, stage, settings, tracker.run_id, work)
 
     result, hit, key = cached(step, parts, out_dir, compute, ctx.cache_dir)
+    step_work.done(work)
     tags = step_lineage(tracker, recipe=stage_yaml, data_hash=data_hash, base=base)
     if full_yaml is not None:
         tags["recipe_full_sha256"] = result.get("recipe_full_sha256", "")
@@ -335,7 +354,8 @@ def export_model(model: str, out: str, imgsz: int = 0, batch: int = 1, opset: in
     """ONNX deployment folder (``model.onnx``, ``recipe.yaml``, ``data.yaml``, ``export.json``, plus ``model.pt``
     and ``summary.json`` of the training) from ``model/model.pt``; ``imgsz`` 0 = the training image size."""
     step = ctx.named("export_model")
-    with step_run(step, {"imgsz": imgsz, "batch": batch, "opset": opset}, ctx) as tracker:
+    with step_run(step, {"imgsz": imgsz, "batch": batch, "opset": opset}, ctx,
+                  inputs=_input_id(model, "model.pt")) as tracker:
         from sparse_core.tracking.keys import TAG_ONNX_SHA256
 
         src, out_dir = Path(model), Path(out)
@@ -346,8 +366,10 @@ def export_model(model: str, out: str, imgsz: int = 0, batch: int = 1, opset: in
         parts = {"weights": file_sha256(weights), "imgsz": int(imgsz), "batch": int(batch), "opset": int(opset)}
 
         def compute(o: Path) -> dict:
+            from sparse_core import progress
             from sparse_core.export import export_model as export
 
+            progress.emit(event="export_start")  # a kill point of the fault tests: the folder is written to a temp
             if o.exists() and not any(o.iterdir()):
                 o.rmdir()
             info = export(str(weights), o, imgsz=int(imgsz) or None, batch=int(batch), opset=int(opset))
@@ -392,7 +414,7 @@ def benchmark(model: str, out: str, engine: str = "onnxruntime", threads: int = 
     step = ctx.named("benchmark")
     params = {"engine": engine, "threads": threads, "seconds": seconds, "iterations": iterations, "warmup": warmup,
               "precision": precision or "default", **({"isa": isa} if isa else {})}
-    with step_run(step, params, ctx) as tracker:
+    with step_run(step, params, ctx, inputs=_input_id(model, "model.onnx")) as tracker:
         from sparse_core.bench import benchmark as bench
         from sparse_core.bench.cpu import cpu_info
 
@@ -440,7 +462,7 @@ def register_model(model: str, benchmark: str, name: str, alias: str = "candidat
     if not isinstance(extra, dict):
         raise UserError(f"tags: {tags!r}; expected a JSON object")
     params = {"name": name, "alias": alias, **{f"tag.{k}": v for k, v in extra.items()}}
-    with step_run(ctx.named("register_model"), params, ctx) as tracker:
+    with step_run(ctx.named("register_model"), params, ctx, inputs=_input_id(model, "model.onnx")) as tracker:
         from sparse_core.tracking import registry
         from sparse_core.tracking.keys import TAG_ONNX_SHA256
 
@@ -456,7 +478,8 @@ def register_model(model: str, benchmark: str, name: str, alias: str = "candidat
         lineage = _deploy_lineage(tracker, deploy, summary)
         tracker.set_tags({**lineage, **{str(k): str(v) for k, v in extra.items()}})
         tracker.flush(timeout=60)
-        result = registry.register_or_reuse(deploy, name, tracker.run_id, alias or None, tracker.uri, lineage, extra)
+        result = registry.register_or_reuse(deploy, name, tracker.run_id, alias or None, tracker.uri, lineage, extra,
+                                            step_key=tracker.step_key)
         tracker.set_tags({"sparsepipe.registered": f"{name}/{result['version']}",
                           TAG_CACHE: "hit" if result["reused"] else "miss", TAG_ONNX_SHA256: result["onnx_sha256"]})
         return result

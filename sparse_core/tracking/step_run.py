@@ -9,6 +9,7 @@ it back, since the local runner's logs bury it).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from sparse_core.errors import UserError
+from sparse_core.tracking import keys
 
 ERRORS_ENV = "SPARSEPIPE_STEP_ERRORS"
 TAG_STEP = "sparsepipe.step"
@@ -25,6 +27,8 @@ TAG_CACHE_KEY = "sparsepipe.cache_key"
 TAG_ERROR = "sparsepipe.error"
 TAG_PIPELINE = "sparsepipe.pipeline"
 TAG_KIND = "sparsepipe.run_kind"  # 'pipeline' on parent runs, 'step' on child runs
+TAG_STEP_KEY = keys.TAG_STEP_KEY  # the same on every attempt of one step of one pipeline run (``step_key``)
+TAG_ATTEMPTS = "sparsepipe.attempts"  # how many times the step started (child run; per step on the parent)
 
 
 @dataclass(frozen=True)
@@ -61,18 +65,42 @@ def record_error(step: str, cause: str, user: bool) -> None:
 
 
 
+def step_key(step: str, run_name: str, params: dict, inputs: dict | None = None) -> str:
+    """What identifies one step of one pipeline run across its attempts: name, params and input identities
+    (e.g. the sha256 of the model it reads), so the branches of a sweep that share a step name stay apart."""
+    doc = {"step": step, "run_name": run_name, "params": params, "inputs": inputs or {}}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 @contextlib.contextmanager
-def step_run(step: str, params: dict, ctx: "StepContext", run_name: str | None = None) -> Iterator[Any]:
-    """A child MLflow run for one step (a no-op tracker without a URI); FAILED + cause tag when the body raises."""
+def step_run(step: str, params: dict, ctx: "StepContext", run_name: str | None = None,
+             inputs: dict | None = None) -> Iterator[Any]:
+    """A child MLflow run for one step (a no-op tracker without a URI); FAILED + cause tag when the body raises.
+
+    A retry of the step in the same pipeline run (same parent, same ``step_key``) reopens the child run the first
+    attempt created instead of adding another; the child and the parent record the attempt count. SIGTERM (pod
+    eviction) ends the run KILLED after a short flush (``sparse_core.preemption``).
+    """
+    from sparse_core import preemption
+
+    preemption.install()
     mlflow_uri, experiment, parent_run_id = ctx.mlflow_uri, ctx.experiment, ctx.parent_run_id
+    run_name = run_name or step
+    key = step_key(step, run_name, params, inputs)
     tracker = None
     try:
         from sparse_core.tracking import Tracker
 
-        tracker = Tracker.start(mlflow_uri or None, experiment=experiment or "sparsepipe", run_name=run_name or step,
-                                parent_run_id=parent_run_id or None, tags={TAG_STEP: step, TAG_KIND: "step"})
+        earlier = _earlier_attempt(mlflow_uri, parent_run_id, key)
+        tracker = Tracker.start(mlflow_uri or None, experiment=experiment or "sparsepipe", run_name=run_name,
+                                run_id=earlier[0] if earlier else None, parent_run_id=parent_run_id or None,
+                                tags={TAG_STEP: step, TAG_KIND: "step", TAG_STEP_KEY: key})
+        tracker.step_key = key  # read by register_model: the version it creates carries it
+        if earlier:
+            clear_error(tracker, tracker.run_id)  # this attempt's outcome replaces the earlier one's
         if tracker.enabled and parent_run_id:
             _inherit_parent_tags(tracker, parent_run_id)
+            _count_attempt(tracker, parent_run_id, run_name, key, 1 + (earlier[1] if earlier else 0))
         tracker.log_params({k: v for k, v in params.items() if v not in (None, "")})
         t0 = time.perf_counter()
         yield tracker
@@ -83,8 +111,54 @@ def step_run(step: str, params: dict, ctx: "StepContext", run_name: str | None =
         record_error(step, cause, isinstance(err, UserError))
         if tracker is not None:
             tracker.set_tags({TAG_ERROR: cause[:500]})
-            tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+            stopped = isinstance(err, (KeyboardInterrupt, preemption.Preempted))
+            tracker.finish("KILLED" if stopped else "FAILED",
+                           timeout=preemption.FLUSH_SECONDS if isinstance(err, preemption.Preempted) else None)
         raise
+
+
+def clear_error(tracker, run_id: str) -> None:
+    """Drop an earlier attempt's ``sparsepipe.error`` tag from a reopened run."""
+    from sparse_core.tracking.connection import http_limits
+
+    try:
+        with http_limits(retries=1, timeout=10):
+            if TAG_ERROR in tracker.client.get_run(run_id).data.tags:
+                tracker.client.delete_tag(run_id, TAG_ERROR)
+    except Exception:  # noqa: BLE001 - a stale cause is cosmetic; the run status is what counts
+        pass
+
+
+def _earlier_attempt(mlflow_uri: str, parent_run_id: str, key: str) -> tuple[str, int] | None:
+    """(run id, attempts so far) of this step's child run from an earlier attempt, or None."""
+    if not parent_run_id:
+        return None
+    from sparse_core.tracking.connection import connect, http_limits, resolve_uri
+
+    uri = resolve_uri(mlflow_uri or None)
+    if not uri:
+        return None
+    client = connect(uri)
+    with http_limits(retries=2, timeout=15):
+        parent = client.get_run(parent_run_id)
+        runs = client.search_runs([parent.info.experiment_id], max_results=1, order_by=["attributes.start_time ASC"],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and "
+                                                f"tags.`{TAG_STEP_KEY}` = '{key}'")
+    if not runs:
+        return None
+    return runs[0].info.run_id, int(runs[0].data.tags.get(TAG_ATTEMPTS, "1") or 1)
+
+
+def _count_attempt(tracker, parent_run_id: str, run_name: str, key: str, attempt: int) -> None:
+    """Attempt number on the child run, and per step on the parent (``sparsepipe.attempts.<run name>.<key>``)."""
+    tracker.set_tags({TAG_ATTEMPTS: str(attempt)})
+    from sparse_core.tracking.connection import http_limits
+
+    try:
+        with http_limits(retries=2, timeout=15):
+            tracker.client.set_tag(parent_run_id, f"{TAG_ATTEMPTS}.{run_name}.{key[:8]}", str(attempt))
+    except Exception:  # noqa: BLE001 - the count is a record; the child run carries it too
+        pass
 
 
 def _inherit_parent_tags(tracker, parent_run_id: str) -> None:

@@ -415,8 +415,9 @@ class Tracker:
             self._send(force=True)
 
     # ---- end -----------------------------------------------------------------------------------------------
-    def finish(self, status: str = "FINISHED") -> None:
-        """Send what is queued (waiting up to $SPARSEPIPE_MLFLOW_FLUSH_TIMEOUT s, default 120), then end the run.
+    def finish(self, status: str = "FINISHED", timeout: float | None = None) -> None:
+        """Send what is queued (waiting up to ``timeout`` s, default $SPARSEPIPE_MLFLOW_FLUSH_TIMEOUT or 120), then
+        end the run.
 
         If the server stays away, the run is left as is, with its data in the spool file; resuming the run
         (``Tracker.start(uri, run_id=...)``) sends it. Never raises: losing the tracker must not fail the job.
@@ -424,7 +425,7 @@ class Tracker:
         if not self.enabled or self._finished:
             return
         self._finished = True
-        timeout = float(os.environ.get(FLUSH_TIMEOUT_ENV, 120))
+        timeout = float(os.environ.get(FLUSH_TIMEOUT_ENV, 120)) if timeout is None else timeout
         if not self.flush(timeout=timeout):
             log.warning("MLflow server %s still unreachable after %.0f s: %d items of run %s kept in %s",
                         redact(self.uri or ""), timeout, self.pending(), self.run_id, self._spool_file())

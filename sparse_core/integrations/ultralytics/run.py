@@ -145,7 +145,8 @@ def train(model: str | None = None, data: str | None = None, recipe=None, **opti
     opts = TrainOptions(**options)
     offline.make_offline()
     if opts.resume:
-        return _resume(opts.resume, data=data, workers=opts.workers, callbacks=opts.callbacks, mlflow=opts.mlflow)
+        return _resume(opts.resume, data=data, workers=opts.workers, callbacks=opts.callbacks,
+                       mlflow=opts.mlflow if opts.track else False)
     _check_options(model, data, opts)
     _check_data(data)
     base = model

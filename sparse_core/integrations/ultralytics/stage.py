@@ -45,8 +45,9 @@ class StageInputs:
     teacher: str = ""  # model argument of the teacher, or ''
 
 
-def epoch_logger(history: list[dict]):
-    """Ultralytics callback: one row of standard metrics per epoch (losses, mAP, lr, sparsity)."""
+def epoch_logger(history: list[dict], keep=None):
+    """Ultralytics callback: one row of standard metrics per epoch (losses, mAP, lr, sparsity); ``keep(row)``
+    also stores each row (the step's working folder, so a resumed attempt logs every epoch once)."""
     from sparse_core.tracking.tracker import metric_key
 
     def on_fit_epoch_end(trainer) -> None:
@@ -68,22 +69,46 @@ def epoch_logger(history: list[dict]):
         if hist:
             row["sparsity"] = float(hist[-1][1])
         history.append(row)
+        if keep is not None:
+            keep(row)
 
     return on_fit_epoch_end
 
 
-def train_stage(out: Path, inputs: StageInputs, recipe, settings: TrainSettings, run_id: str) -> dict:
-    """Train ``recipe`` (a Recipe, parsed once by the step; None = dense fine-tuning) into ``out``."""
+def train_stage(out: Path, inputs: StageInputs, recipe, settings: TrainSettings, run_id: str,
+                work: Path | None = None) -> dict:
+    """Train ``recipe`` (a Recipe, parsed once by the step; None = dense fine-tuning) into ``out``.
+
+    ``work`` (``sparse_core.step_work``): the step's working folder on the data volume, which outlives the pod. The
+    training runs there (``last.pt`` each epoch, the per-epoch metric rows, the MLflow run id); a retry that finds
+    a resumable ``last.pt`` continues it with ``--resume`` semantics (same masks, same recipe position, only the
+    remaining epochs). SIGTERM stops training at the next batch boundary (``sparse_core.preemption``).
+    """
+    from sparse_core import preemption, step_work
     from sparse_core.integrations.ultralytics import run
 
-    history: list[dict] = []
+    folder = work if work is not None else out
+    history = step_work.load_history(work)
+    callbacks = [("on_fit_epoch_end", epoch_logger(history, step_work.history_writer(work))),
+                 ("on_train_batch_end", preemption.at_safe_point),
+                 ("on_train_epoch_start", preemption.at_safe_point)]  # between epochs: before a batch runs
+    resume, finished = step_work.resumable(work), step_work.finished_summary(work)
+    step_work.note_run(work, run_id)
     t0 = time.perf_counter()
-    summary = run.train(
-        model=inputs.model, data=str(inputs.data_yaml), recipe=recipe, epochs=int(settings.epochs) or None,
-        imgsz=int(settings.imgsz), batch=int(settings.batch), workers=int(settings.workers), project=str(out),
-        name="train", seed=int(settings.seed), plots=bool(settings.plots), device=settings.device or None,
-        meta={"data_hash": inputs.data_hash, "base": inputs.base, "mlflow_run_id": run_id},
-        callbacks=[("on_fit_epoch_end", epoch_logger(history))], teacher=inputs.teacher or None, track=False)
+    with preemption.deferred():
+        if finished is not None:  # stopped after training, before the step stored its output
+            summary = finished
+        elif resume is not None:
+            summary = run.train(data=str(inputs.data_yaml), resume=str(resume), workers=int(settings.workers),
+                                callbacks=callbacks, track=False)
+        else:
+            summary = run.train(
+                model=inputs.model, data=str(inputs.data_yaml), recipe=recipe, epochs=int(settings.epochs) or None,
+                imgsz=int(settings.imgsz), batch=int(settings.batch), workers=int(settings.workers),
+                project=str(folder), name="train", seed=int(settings.seed), plots=bool(settings.plots),
+                device=settings.device or None, meta={"data_hash": inputs.data_hash, "base": inputs.base,
+                                                       "mlflow_run_id": run_id},
+                callbacks=callbacks, teacher=inputs.teacher or None, track=False)
     return finish_training(out, summary, recipe is not None, inputs, settings, history, time.perf_counter() - t0)
 
 
@@ -111,8 +136,9 @@ def finish_training(o: Path, summary: dict, had_recipe: bool, inputs: StageInput
     train_dir = Path(summary.get("save_dir") or o / "train")
     for name in ("results.csv", "layer_sparsity.png", "sparsity_over_epochs.png"):
         if (train_dir / name).is_file():
-            shutil.move(str(train_dir / name), o / name)
-    shutil.rmtree(train_dir, ignore_errors=True)  # weights/ with last+best (resume state): not needed downstream
+            link_or_copy(train_dir / name, o / name)
+    if train_dir.parent == o:  # a working folder elsewhere (step_work) stays until the step's entry is stored
+        shutil.rmtree(train_dir, ignore_errors=True)  # weights/ with last+best (resume state): not needed downstream
     result = {
         "weights": "model.pt", "chosen": chosen.name, **metrics, "sparsity": float(sparsity),
         "epochs": summary.get("epochs"), "task": summary.get("task"), "imgsz": summary.get("imgsz"),

@@ -66,8 +66,8 @@ class SparseTrainerMixin:
             ("on_train_batch_start", _batch_start),
             ("on_train_epoch_end", _epoch_end),
             ("on_train_end", _train_end),
-            ("on_fit_epoch_end", progress.on_fit_epoch_end),
             *sparse.callbacks,
+            ("on_fit_epoch_end", progress.on_fit_epoch_end),  # last: the epoch is saved and recorded when it says so
         ):
             self.add_callback(event, fn)
 
@@ -182,7 +182,11 @@ def _epoch_start(trainer) -> None:
 
 
 def _batch_start(trainer) -> None:
+    if trainer._batch_i == 0:  # the epoch's first batch: from here on, a stop costs this epoch
+        progress.emit(event="epoch_start", epoch=int(trainer.epoch) + 1, epochs=int(trainer.epochs),
+                      name=str(trainer.args.name))
     if trainer.manager is None:
+        trainer._batch_i += 1
         return
     nb = max(len(trainer.train_loader), 1)
     if trainer.manager.update(trainer.epoch + trainer._batch_i / nb):
