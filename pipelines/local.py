@@ -2,6 +2,9 @@
 
 A parent MLflow run is opened first and always ended FINISHED/FAILED; a failing step's one-line cause (written by
 the step into ``steps.ERRORS_ENV``'s folder) becomes the failure, with exit 2 for bad input, 1 for anything else.
+Rerunning a killed, interrupted or failed run with the same parameters resumes it: the same local run id and
+parent run (so each step keeps one child run), finished steps hit the step cache, and a training step continues
+from its working folder (``sparse_core.step_work``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+from sparse_core.atomic import write_json
 from sparse_core.errors import UserError
 
 import pipelines
@@ -40,11 +44,15 @@ def run_local(name: str, params: dict, pipeline_root: str | os.PathLike | None =
     params = dict(params)
     mlflow_uri = resolve_uri(params.get("mlflow_uri") or None)
     experiment = params.get("experiment") or experiment or "sparsepipe"
-    local_id = f"local-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    parent = _open_parent(name, params, mlflow_uri, experiment, local_id)
     root = Path(pipeline_root or Path(os.environ.get("SPARSEPIPE_HOME") or "~/.sparsepipe").expanduser()
                 / "kfp-local").absolute()
     root.mkdir(parents=True, exist_ok=True)
+    record = _run_record(root, name, params, mlflow_uri, experiment)
+    earlier = _read_record(record)  # an interrupted run with these parameters: resumed, not started again
+    local_id = earlier.get("local_run_id") or f"local-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    parent = _open_parent(name, params, mlflow_uri, experiment, local_id, earlier.get("parent_run_id") or None)
+    write_json(record, {"local_run_id": local_id, "parent_run_id": parent.run_id or "", "status": "RUNNING",
+                        "attempts": int(earlier.get("attempts", 0)) + 1})
     t0 = time.perf_counter()
     failure = _execute(func, params, root)
     cause = f"{failure['step']}: {failure['error']}" if failure and failure["step"] else (failure or {}).get("error")
@@ -54,21 +62,53 @@ def run_local(name: str, params: dict, pipeline_root: str | os.PathLike | None =
                "experiment": experiment}
     if failure:
         summary["error"] = cause
+    summary["attempts"] = int(earlier.get("attempts", 0)) + 1
     if parent.enabled:
         _close_parent(summary, failed=bool(failure), cause=cause or "")
+    if failure:
+        write_json(record, {**_read_record(record), "status": "FAILED"})
+    else:
+        record.unlink(missing_ok=True)  # done: the same parameters again make a new run (cached steps hit)
     if failure:
         raise PipelineFailed(cause, summary, user=bool(failure.get("user")))
     return summary
 
 
-def _open_parent(name: str, params: dict, mlflow_uri: str | None, experiment: str, local_id: str):
-    """Start the parent run and point the steps at it (``params`` updated in place)."""
+def _run_record(root: Path, name: str, params: dict, mlflow_uri: str | None, experiment: str) -> Path:
+    """``ROOT/runs/<name>-<hash of the parameters>.json``: the local run id and parent run of a run with these
+    parameters that has not succeeded yet (killed, interrupted or failed); a rerun resumes it."""
+    import hashlib
+
+    doc = {"name": name, "params": {k: v for k, v in params.items() if k != "parent_run_id"},
+           "mlflow_uri": mlflow_uri or "", "experiment": experiment}
+    digest = hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return root / "runs" / f"{name}-{digest}.json"
+
+
+def _read_record(path: Path) -> dict:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _open_parent(name: str, params: dict, mlflow_uri: str | None, experiment: str, local_id: str,
+                 run_id: str | None = None):
+    """Start (or, given ``run_id``, reopen) the parent run and point the steps at it (``params`` updated)."""
     from sparse_core import steps
     from sparse_core.tracking import Tracker, keys
 
-    parent = Tracker.start(mlflow_uri, experiment=experiment, run_name=f"{name}-{local_id[6:]}",
-                           tags={steps.TAG_KIND: "pipeline", steps.TAG_PIPELINE: name,
-                                 keys.TAG_PIPELINE_RUN_ID: local_id})
+    tags = {steps.TAG_KIND: "pipeline", steps.TAG_PIPELINE: name, keys.TAG_PIPELINE_RUN_ID: local_id}
+    try:
+        parent = Tracker.start(mlflow_uri, experiment=experiment, run_name=f"{name}-{local_id[6:]}", run_id=run_id,
+                               tags=tags)
+    except UserError:  # the earlier parent run is gone (deleted): a new one
+        if run_id is None:
+            raise
+        parent = Tracker.start(mlflow_uri, experiment=experiment, run_name=f"{name}-{local_id[6:]}", tags=tags)
+    if run_id and parent.enabled and parent.run_id == run_id:
+        steps.clear_error(parent, run_id)
     if parent.enabled:
         params.update(mlflow_uri=mlflow_uri, experiment=experiment, parent_run_id=parent.run_id)
         parent.log_params({k: v for k, v in params.items() if k not in ("parent_run_id",) and v not in ("", None)})
