@@ -178,3 +178,43 @@ def test_local_folder_zoo_deployment_entry_and_bad_input(tmp_path, monkeypatch):
     monkeypatch.delenv("SPARSEPIPE_ZOO")
     proc = zoo_cli("list")
     assert proc.returncode == 2 and "SPARSEPIPE_ZOO" in proc.stderr
+
+
+def test_xz_entry_round_trip_and_tampered_unpacked_checkpoint(run_dir, tmp_path, monkeypatch):
+    """A zoo kept in git stores checkpoints xz-compressed; fetch hands out model.pt verified against the manifest's
+    unpacked sha256, and refuses a stream that unpacks to other bytes (or to more bytes than declared)."""
+    import lzma
+
+    zoo = tmp_path / "zoo"
+    monkeypatch.setenv("SPARSEPIPE_CACHE", str(tmp_path / "cache"))
+    proc = zoo_cli("publish", run_dir, STUB, "--zoo", zoo, "--xz", "--json")
+    assert proc.returncode == 0, proc.stderr
+    files = {f["path"]: f for f in json.loads(proc.stdout.strip().splitlines()[-1])["files"]}
+    best = run_dir / "weights" / "best.pt"
+    assert "model.pt" not in files and files["model.pt.xz"]["unpacked"] == {
+        "path": "model.pt", "sha256": sha(best), "size": best.stat().st_size}
+    packed = zoo / STUB[4:] / "model.pt.xz"
+    assert packed.stat().st_size < best.stat().st_size and sha(packed) == files["model.pt.xz"]["sha256"]
+    model = resolve_model(STUB, zoo=str(zoo))
+    assert model.name == "model.pt" and sha(model) == sha(best)
+    assert load_checkpoint(model)["train_args"]["imgsz"] == 64
+
+    # a consistent manifest whose xz stream unpacks to other bytes: refused, nothing cached under the claimed hash
+    other = tmp_path / "other.pt"
+    raw = bytearray(best.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    other.write_bytes(bytes(raw))
+    with open(other, "rb") as src, lzma.open(packed, "wb") as dst:
+        dst.write(src.read())
+    manifest = json.loads((zoo / STUB[4:] / "manifest.json").read_text())
+    entry = next(f for f in manifest["files"] if f["path"] == "model.pt.xz")
+    entry.update(sha256=sha(packed), size=packed.stat().st_size)
+    (zoo / STUB[4:] / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setenv("SPARSEPIPE_CACHE", str(tmp_path / "cache2"))
+    proc = zoo_cli("fetch", STUB, "--zoo", zoo, cache=tmp_path / "cache2")
+    assert proc.returncode == 2 and "unpacked checkpoint does not match its manifest" in proc.stderr, proc.stderr
+    assert not (tmp_path / "cache2" / "zoo" / "blobs" / entry["unpacked"]["sha256"]).exists()
+    entry["unpacked"]["path"] = "../evil.pt"
+    (zoo / STUB[4:] / "manifest.json").write_text(json.dumps(manifest))
+    proc = zoo_cli("fetch", STUB, "--zoo", zoo, cache=tmp_path / "cache2")
+    assert proc.returncode == 2 and "escapes the entry" in proc.stderr, proc.stderr

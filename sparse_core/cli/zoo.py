@@ -9,7 +9,7 @@ import json
 def _publish(args: argparse.Namespace) -> int:
     from sparse_core.zoo import publish
 
-    manifest = publish(args.src, args.stub, zoo=args.zoo, overwrite=args.overwrite)
+    manifest = publish(args.src, args.stub, zoo=args.zoo, overwrite=args.overwrite, compress=args.xz)
     if args.json:
         print(json.dumps(manifest))
     else:
@@ -61,6 +61,7 @@ def register(subparsers) -> None:
     p.add_argument("stub", help="zoo:DOMAIN/SUB_DOMAIN/ARCHITECTURE/FRAMEWORK/REPO/DATASET/SPARSE_TAG")
     p.add_argument("--zoo", help=zoo_help)
     p.add_argument("--overwrite", action="store_true", help="replace an existing entry")
+    p.add_argument("--xz", action="store_true", help="store checkpoints xz-compressed (a zoo kept in git)")
     p.add_argument("--json", action="store_true", help="print the manifest as one JSON object on the last line")
     p.set_defaults(func=_publish)
 

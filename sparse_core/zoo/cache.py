@@ -50,6 +50,35 @@ def blob(store, key: str, sha256: str, size: int, label: str) -> Path:
     return dest
 
 
+def unpacked(packed: Path, sha256: str, size: int, label: str) -> Path:
+    """The xz-decompressed copy of a verified blob, cached like a blob under its own (manifest) sha256 and checked
+    against it; decompression stops past ``size`` bytes, so a decompression bomb is refused, not written out."""
+    import lzma
+
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise UserError(f"{label}: unpacked sha256 {sha256[:80]!r}; expected 64 lowercase hex digits")
+    dest = cache_root() / "blobs" / sha256
+    if dest.is_file() and _sha256_file(dest) == (sha256, size):
+        return dest
+    with atomic_file(dest) as tmp:
+        written = 0
+        try:
+            with lzma.open(packed, "rb") as src, open(tmp, "wb") as dst:
+                while block := src.read(1 << 20):
+                    written += len(block)
+                    if written > size:
+                        break
+                    dst.write(block)
+        except lzma.LZMAError as err:
+            raise UserError(f"{label}: {packed.name}: not a valid xz stream ({err}); expected an xz-compressed "
+                            "checkpoint") from None
+        got, got_size = _sha256_file(tmp)
+        if written > size or (got, got_size) != (sha256, size):
+            raise UserError(f"{label}: the unpacked checkpoint does not match its manifest (expected sha256 "
+                            f"{sha256}, {size} bytes); refusing it")
+    return dest
+
+
 def _link_or_copy(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:

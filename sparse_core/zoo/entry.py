@@ -10,13 +10,19 @@ What gets published from a folder:
   holding a ``Modifier``), ``summary.json``, ``args.yaml``;
 - deployment folder (``sparsepipe export``): ``model.onnx``, ``model.pt`` if present, ``recipe.yaml``,
   ``data.yaml``, ``export.json``;
-- a model card ``model.md`` when present (SparseZoo folders, ``sparsepipe zoo import``).
+- a model card ``model.md`` when present (SparseZoo folders, ``sparsepipe zoo import``), ``provenance.json`` (what
+  made the model: inputs, their hashes, the training curve).
+
+``publish(..., compress=True)`` stores checkpoints xz-compressed (``model.pt.xz``, for a zoo committed to git); the
+manifest lists the compressed file's hash and, under ``unpacked``, the checkpoint's own, so ``fetch`` verifies both
+and hands out ``model.pt`` as for any entry.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import lzma
 import os
 import re
 import shutil
@@ -77,13 +83,13 @@ def collect(src_dir: Path) -> dict[str, tuple[Path, str]]:
             name = p.name if p.parent == src_dir else f"recipes/{p.name}"
             files[name] = (p, "recipe")
     for name, role in (("summary.json", "summary"), ("export.json", "export"), ("data.yaml", "data"),
-                       ("args.yaml", "config"), ("model.md", "card")):
+                       ("args.yaml", "config"), ("model.md", "card"), ("provenance.json", "provenance")):
         if (src_dir / name).is_file():
             files[name] = (src_dir / name, role)
     return files
 
 
-TEXT_ROLES = ("recipe", "summary", "export", "data", "config")
+TEXT_ROLES = ("recipe", "summary", "export", "data", "config", "provenance")
 
 
 def _redacted_text_files(files: dict[str, tuple[Path, str]], staging: Path) -> dict[str, tuple[Path, str]]:
@@ -99,8 +105,24 @@ def _redacted_text_files(files: dict[str, tuple[Path, str]], staging: Path) -> d
     return out
 
 
-def publish(src_dir, stub: str, zoo: str | None = None, overwrite: bool = False) -> dict:
-    """Upload a run/deployment folder as ``stub``; returns the manifest."""
+def _xz_checkpoints(files: dict[str, tuple[Path, str]], staging: Path) -> tuple[dict, dict[str, dict]]:
+    """Checkpoints replaced by ``NAME.xz`` copies in ``staging``; returns (files, {NAME.xz: unpacked facts})."""
+    out, unpacked = {}, {}
+    for name, (path, role) in files.items():
+        if role == "checkpoint":
+            packed = staging / f"{name}.xz"
+            packed.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "rb") as src, lzma.open(packed, "wb", preset=9 | lzma.PRESET_EXTREME) as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            unpacked[packed.name] = {"path": name, "sha256": file_sha256(path), "size": path.stat().st_size}
+            name, path = packed.name, packed
+        out[name] = (path, role)
+    return out, unpacked
+
+
+def publish(src_dir, stub: str, zoo: str | None = None, overwrite: bool = False, compress: bool = False) -> dict:
+    """Upload a run/deployment folder as ``stub`` (checkpoints xz-compressed with ``compress``); returns the
+    manifest."""
     parsed = parse_stub(stub, allow_query=False)
     if parsed.is_short:
         raise UserError(f"{stub}: publish needs a full stub; expected zoo:" + "/".join(f.upper() for f in FIELDS))
@@ -108,6 +130,7 @@ def publish(src_dir, stub: str, zoo: str | None = None, overwrite: bool = False)
     files = collect(Path(src_dir))
     staging = tempfile.TemporaryDirectory(prefix="sparsepipe-publish-")
     files = _redacted_text_files(files, Path(staging.name))
+    files, unpacked = _xz_checkpoints(files, Path(staging.name)) if compress else (files, {})
     if store.exists(f"{parsed.path}/{MANIFEST}") and not overwrite:
         published = _manifest(parsed, store)[0]
         ours = {(name, file_sha256(path)) for name, (path, _role) in files.items()}
@@ -117,7 +140,8 @@ def publish(src_dir, stub: str, zoo: str | None = None, overwrite: bool = False)
         raise UserError(f"{stub}: already published in {store.uri}; expected a new stub (or --overwrite)")
     entries, recipes = [], {}
     for name, (path, role) in sorted(files.items()):
-        entries.append({"path": name, "role": role, "sha256": file_sha256(path), "size": path.stat().st_size})
+        entries.append({"path": name, "role": role, "sha256": file_sha256(path), "size": path.stat().st_size,
+                        **({"unpacked": unpacked[name]} if name in unpacked else {})})
         if role == "recipe":
             rtype = recipe_type(name)
             if rtype in recipes:
@@ -186,6 +210,14 @@ def _manifest(stub: Stub, store) -> tuple[dict, bytes]:
             raise UserError(f"{where}.sha256: {str(f['sha256'])[:80]!r}; expected 64 lowercase hex digits")
         if not (isinstance(f["size"], int) and not isinstance(f["size"], bool) and f["size"] >= 0):
             raise UserError(f"{where}.size: {str(f['size'])[:40]!r}; expected a byte count (integer >= 0)")
+        if "unpacked" in f:
+            u = f["unpacked"]
+            if not (isinstance(u, dict) and isinstance(u.get("sha256"), str) and _SHA256.fullmatch(u["sha256"])
+                    and isinstance(u.get("size"), int) and u["size"] >= 0
+                    and entry_path(u.get("path"), f"{where}.unpacked.path") == f["path"].removesuffix(".xz")
+                    and f["path"].endswith(".xz")):
+                raise UserError(f"{where}.unpacked: expected {{path: {f['path']} without .xz, sha256, size}} "
+                                "beside an .xz file")
     listed = {f["path"] for f in files}
     recipes = manifest.get("recipes") or {}
     if not isinstance(recipes, dict) or any(not isinstance(v, str) or v not in listed for v in recipes.values()):
@@ -219,11 +251,15 @@ def fetch(stub: str, out=None, zoo: str | None = None) -> Path:
     blobs = {}
     for f in manifest["files"]:
         rel = f["path"]
-        blobs[rel] = cache.blob(store, f"{parsed.path}/{rel}", f["sha256"], f["size"], str(parsed))
+        got = cache.blob(store, f"{parsed.path}/{rel}", f["sha256"], f["size"], str(parsed))
+        if "unpacked" in f:  # an xz-compressed checkpoint: handed out as the file it packs, verified too
+            u = f["unpacked"]
+            rel, got = u["path"], cache.unpacked(got, u["sha256"], u["size"], str(parsed))
+        blobs[rel] = got
         if rel.endswith(".pt"):  # hash verified first; then refuse a checkpoint only full unpickling could read
             check_safe(blobs[rel], str(parsed))
     digest = hashlib.sha256(raw).hexdigest()[:16]
-    hashes = {f["path"]: f["sha256"] for f in manifest["files"]}
+    hashes = {(f.get("unpacked") or f)["path"]: (f.get("unpacked") or f)["sha256"] for f in manifest["files"]}
     entry = cache.assemble(cache.cache_root() / "entries" / parsed.path / digest, blobs, {MANIFEST: raw}, hashes)
     if out is None:
         return entry
@@ -245,7 +281,7 @@ def resolve_model(source: str, zoo: str | None = None) -> Path:
     if not str(source).startswith("zoo:"):
         return Path(source)
     entry = fetch(source, zoo=zoo)
-    names = {f["path"]: f.get("role") for f in _entry_manifest(entry)["files"]}
+    names = {(f.get("unpacked") or f)["path"]: f.get("role") for f in _entry_manifest(entry)["files"]}
     for name in (*CHECKPOINT_NAMES, "model.onnx"):
         if name in names:
             return entry / name
