@@ -2,20 +2,23 @@
 KD from the dense model -> QAT -> export -> bench -> register.
 
 DAG inside an exit handler (``close_run``): open_run -> fetch_checkpoint, prepare_dataset -> analyze ->
-generate_recipe -> sparse_train (teacher: the fetched dense model) -> qat -> export_model -> benchmark ->
-register_model. The budget loop: sparse_train backs off (sparsity x1.0 / x0.6 / x0.3) until the model is within
-``max_map_drop`` mAP50-95 points of the fetched dense model, and fails the run when no attempt is (-1 turns it
-off). The registered version carries its lineage as tags: the generated recipe's analysis sha256, target and
+generate_recipe -> sparse_train (teacher: the fetched dense model) -> decide_precision -> qat -> export_model ->
+choose_deployment -> benchmark -> register_model. The budget loop: sparse_train backs off (sparsity x1.0 / x0.6 /
+x0.3) until the model is within ``max_map_drop`` mAP50-95 points of the fetched dense model, and fails the run when
+no attempt is (-1 turns it off). The registered version carries its lineage as tags: the generated recipe's analysis sha256, target and
 prediction, and the budget it met (``sparsepipe.recipe_*``, ``sparsepipe.budget``).
+
+``engine`` is the target engine and ``precision`` (auto|float|int8) which forms may ship: auto runs QAT only
+where a post-training INT8 probe beats the float model on ``engine`` on this machine (decide_precision), and
+registers the fastest form within the accuracy gate (choose_deployment, table in deployment.json).
 """
 
 from kfp import dsl
 
 from components.analyze.component import analyze
 from components.generate_recipe.component import generate_recipe
-from components.qat.component import qat
 from components.sparse_train.component import sparse_train
-from pipelines.chain import deploy, fetch_inputs, fit_args, tracked
+from pipelines.chain import deploy, fetch_inputs, fit_args, quantize, tracked
 
 NAME = "auto_sparsify"
 
@@ -48,6 +51,7 @@ def build(k8s=None):
         seed: int = 0,
         device: str = "",
         bench_iterations: int = 50,
+        precision: str = "auto",
         mlflow_uri: str = "",
         experiment: str = "sparsepipe",
         register_name: str = "sparsepipe-model",
@@ -72,7 +76,9 @@ def build(k8s=None):
             train = r.step(sparse_train(checkpoint=fetch.outputs["checkpoint"], recipe=gen.outputs["Output"],
                                         teacher=fetch.outputs["checkpoint"], max_map_drop=max_map_drop, **fit),
                            "sparse_train")
-            quant = r.step(qat(model=train.outputs["model"], teacher=fetch.outputs["checkpoint"], **fit), "qat")
-            deploy(r, quant.outputs["qat_model"], bench_iterations=bench_iterations, name=register_name, alias=alias)
+            quant = quantize(r, train, fit, engine=engine, precision=precision, imgsz=deploy_imgsz,
+                             teacher=fetch.outputs["checkpoint"])
+            deploy(r, quant.outputs["qat_model"], bench_iterations=bench_iterations, name=register_name, alias=alias,
+                   engine=engine, precision=precision, float_model=train.outputs["model"])
 
     return auto_sparsify

@@ -1,5 +1,6 @@
 """The chain every pipeline shares: an MLflow parent run opened and always closed, the base model and data set
-fetched, and a trained model exported, benchmarked and registered.
+fetched, QAT run only where INT8 pays on the target engine (``quantize``), and a trained model exported, its
+fastest form chosen on the target engine, benchmarked and registered.
 
 A pipeline function keeps its own explicit parameter list (KFP reads it) and calls these builders for the common
 tasks, so the three pipelines differ only in their training steps.
@@ -13,11 +14,14 @@ from dataclasses import dataclass, field
 from kfp import dsl
 
 from components.benchmark.component import benchmark
+from components.choose_deployment.component import choose_deployment
 from components.close_run.component import close_run
+from components.decide_precision.component import decide_precision
 from components.export_model.component import export_model
 from components.fetch_checkpoint.component import fetch_checkpoint
 from components.open_run.component import open_run
 from components.prepare_dataset.component import prepare_dataset
+from components.qat.component import qat
 from components.register_model.component import register_model
 from pipelines.k8s import configure
 
@@ -71,9 +75,19 @@ def fit_args(data_task, *, imgsz, batch, workers, seed, device) -> dict:
             "seed": seed, "device": device}
 
 
+def quantize(r: Run, train, fit: dict, *, engine, precision, imgsz, **qat_args):
+    """decide_precision -> qat: the QAT stage runs only where the probe (or ``precision``) says INT8 pays on
+    ``engine``; elsewhere qat passes the float model through. Returns the qat task."""
+    decided = r.step(decide_precision(model=train.outputs["model"], engine=engine, precision=precision, imgsz=imgsz,
+                                      **r.run), "decide_precision")
+    return r.step(qat(model=decided.outputs["decided"], **qat_args, **fit), "qat")
+
+
 def deploy(r: Run, model, *, bench_iterations, name, alias, tags: str = "", run: dict | None = None,
-           prefix: str = ""):
-    """export_model -> benchmark -> register_model for a trained model output; returns the register task.
+           prefix: str = "", engine: str = "", precision: str = "auto", float_model=None, choose_seconds=5.0):
+    """export_model -> [choose_deployment] -> benchmark -> register_model for a trained model output; returns the
+    register task. With ``engine``, the float model (``float_model``: the sparse_train output) and the export's
+    forms are timed on it and the fastest within the accuracy gate is benchmarked and registered.
 
     ``run`` overrides the tracking arguments (the sweep's loop body); ``prefix`` names the tasks apart
     (``dense_`` -> dense_export, dense_benchmark, dense_register)."""
@@ -81,8 +95,12 @@ def deploy(r: Run, model, *, bench_iterations, name, alias, tags: str = "", run:
     cached = {"cache_dir": r.cache_dir, **run}
     names = (f"{prefix}export", f"{prefix}benchmark", f"{prefix}register") if prefix else ("", "", "")
     export = r.step(export_model(model=model, **cached), "export_model", names[0])
-    bench = r.step(benchmark(deployment=export.outputs["deployment"], iterations=bench_iterations, **cached),
-                   "benchmark", names[1])
+    deployment, on = export.outputs["deployment"], {}
+    if engine:
+        chosen = r.step(choose_deployment(deployment=deployment, float_model=float_model, engine=engine,
+                                          precision=precision, seconds=choose_seconds, **run), "choose_deployment")
+        deployment, on = chosen.outputs["chosen"], {"engine": engine}
+    bench = r.step(benchmark(deployment=deployment, iterations=bench_iterations, **on, **cached), "benchmark", names[1])
     extra = {"tags": tags} if tags else {}
-    return r.step(register_model(deployment=export.outputs["deployment"], benchmark=bench.outputs["result"],
+    return r.step(register_model(deployment=deployment, benchmark=bench.outputs["result"],
                                  name=name, alias=alias, **extra, **run), "register_model", names[2])

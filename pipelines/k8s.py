@@ -34,6 +34,9 @@ RESOURCES = {
     "select_champion": ("100m", "500m", "256Mi", "1Gi"),
     "analyze": ("2", "2", "4Gi", "8Gi"),  # request = limit: it times the model per engine, like benchmark
     "generate_recipe": ("100m", "500m", "256Mi", "1Gi"),
+    # request = limit: both time models on the pod's CPUs (the probe before QAT, the candidates after export)
+    "decide_precision": ("2", "2", "4Gi", "8Gi"),
+    "choose_deployment": ("2", "2", "4Gi", "8Gi"),
 }
 TIMEOUTS = {"sparse_train": 48 * 3600, "qat": 24 * 3600}  # seconds; other steps: DEFAULT_TIMEOUT
 DEFAULT_TIMEOUT = 2 * 3600

@@ -2,16 +2,19 @@
 optionally distilled from a teacher, then QAT -> export -> bench -> register.
 
 DAG inside an exit handler (``close_run``): open_run -> fetch_checkpoint, fetch_teacher, prepare_dataset ->
-sparse_train -> qat -> export_model -> benchmark -> register_model. An empty ``teacher`` fetches nothing and the
-training steps run without distillation.
+sparse_train -> decide_precision -> qat -> export_model -> choose_deployment -> benchmark -> register_model. An
+empty ``teacher`` fetches nothing and the training steps run without distillation.
+
+``engine`` is the target engine and ``precision`` (auto|float|int8) which forms may ship: auto runs QAT only
+where a post-training INT8 probe beats the float model on ``engine`` on this machine (decide_precision), and
+registers the fastest form within the accuracy gate (choose_deployment, table in deployment.json).
 """
 
 from kfp import dsl
 
 from components.fetch_checkpoint.component import fetch_checkpoint
-from components.qat.component import qat
 from components.sparse_train.component import sparse_train
-from pipelines.chain import deploy, fetch_inputs, fit_args, tracked
+from pipelines.chain import deploy, fetch_inputs, fit_args, quantize, tracked
 
 NAME = "sparsify_from_scratch"
 
@@ -39,6 +42,8 @@ def build(k8s=None):
         seed: int = 0,
         device: str = "",
         bench_iterations: int = 50,
+        engine: str = "onnxruntime",
+        precision: str = "auto",
         mlflow_uri: str = "",
         experiment: str = "sparsepipe",
         register_name: str = "sparsepipe-model",
@@ -58,7 +63,8 @@ def build(k8s=None):
                    "teacher": fetch_t.outputs["checkpoint"], **r.cached}
             train = r.step(sparse_train(checkpoint=fetch.outputs["checkpoint"], recipe=recipe, recipe_args=recipe_args,
                                         epochs=epochs, zoo=zoo, **fit), "sparse_train")
-            quant = r.step(qat(model=train.outputs["model"], epochs=epochs, **fit), "qat")
-            deploy(r, quant.outputs["qat_model"], bench_iterations=bench_iterations, name=register_name, alias=alias)
+            quant = quantize(r, train, fit, engine=engine, precision=precision, imgsz=imgsz, epochs=epochs)
+            deploy(r, quant.outputs["qat_model"], bench_iterations=bench_iterations, name=register_name, alias=alias,
+                   engine=engine, precision=precision, float_model=train.outputs["model"])
 
     return sparsify_from_scratch

@@ -141,3 +141,56 @@ def test_cli_export_engine_bad_input(ckpts, tmp_path, capsys):
         assert main(["export", "--weights", str(tmp / "float.pt"), "--out", str(out), *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and flag in err[0] and not out.exists()
+
+
+QAT_RECIPE = """version: 1.1.0
+num_epochs: 2
+training_modifiers:
+  - !EpochRangeModifier
+    start_epoch: 0
+    end_epoch: 2
+quantization_modifiers:
+  - !QuantizationModifier
+    start_epoch: 1
+    ignore: ['Upsample', 'Concat']
+"""
+
+
+def test_decide_precision_step_cuts_or_adapts_the_qat_stage(ckpts, tmp_path):
+    """float: QAT cut from recipe.full.yaml (qat then passes through); int8 on DeepSparse: per-tensor weights;
+    auto: the probe's table decides and precision.json says why."""
+    from sparse_core import steps
+    from sparse_core.recipe import load_recipe
+
+    tmp, _ = ckpts
+    src = tmp_path / "trained"
+    src.mkdir()
+    (src / "model.pt").symlink_to(tmp / "float.pt")
+    (src / "recipe.full.yaml").write_text(QAT_RECIPE)
+    skip = steps.decide_precision(str(src), str(tmp_path / "f"), engine="onnxruntime", precision="float")
+    assert skip["qat"] == "skip" and (tmp_path / "f" / "model.pt").is_file()
+    assert not load_recipe(str(tmp_path / "f" / "recipe.full.yaml"), staged=True).of_type("QuantizationModifier")
+    run = steps.decide_precision(str(src), str(tmp_path / "d"), engine="deepsparse", precision="int8")
+    mods = load_recipe(str(tmp_path / "d" / "recipe.full.yaml"), staged=True).of_type("QuantizationModifier")
+    assert run["qat"] == "run" and mods[0].weight_strategy == "tensor"
+    auto = steps.decide_precision(str(src), str(tmp_path / "a"), engine="onnxruntime", precision="auto", imgsz=64)
+    assert auto["qat"] == ("run" if auto["probe"]["int8_pays"] else "skip")
+    assert json.loads((tmp_path / "a" / "precision.json").read_text()) == auto
+    with pytest.raises(UserError, match="precision"):
+        steps.decide_precision(str(src), str(tmp_path / "x"), precision="fp16")
+
+
+def test_choose_deployment_step_and_registry_tags(chosen, tmp_path):
+    """The step behind the pipelines: the QAT export plus the float sparse_train output, chosen on onnxruntime;
+    the version tags registration adds come from the folder's deployment.json."""
+    from sparse_core import steps
+
+    out, _ = chosen
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    (trained / "model.pt").symlink_to(out.parent / "float.pt")
+    d = steps.choose_deployment(str(out / "candidates" / "int8"), str(tmp_path / "chosen"), engine="onnxruntime",
+                                float_model=str(trained), seconds=0.3)
+    assert {r["name"] for r in d["candidates"]} == {"float", "int8"} and d["engine"] == "onnxruntime"
+    assert steps.chosen_tags(tmp_path / "chosen")["sparsepipe.chosen"] == d["chosen"]
+    assert steps.chosen_tags(out / "candidates" / "int8") == {}

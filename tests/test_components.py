@@ -20,7 +20,7 @@ COMPONENTS = sorted(p.parent.name for p in (ROOT / "components").glob("*/compone
 NO_CACHE = steps.StepContext(cache_dir="none")
 STEP_FUNCS = {"fetch_checkpoint", "prepare_dataset", "sparse_train", "qat", "export_model", "benchmark",
               "register_model", "select_champion", "open_parent_run", "close_parent_run", "analyze",
-              "generate_recipe"}
+              "generate_recipe", "decide_precision", "choose_deployment"}
 
 
 def load_component(name: str):

@@ -87,7 +87,7 @@ def probe(weights: str | os.PathLike, engine: str, mod=None, engine_precision: s
     rows = decision["candidates"]
     flt_speed = max(r["images_per_s"] for r in rows if not r["int8"])
     best = max((r for r in rows if r["int8"]), key=lambda r: r["images_per_s"])
-    speedup = best["images_per_s"] / flt_speed
+    speedup = float(best["images_per_s"] / flt_speed)
     return {"engine": engine, "engine_precision": decision["engine_precision"], "cpu_isa": decision["cpu_isa"],
-            "int8_pays": speedup > 1 + choose.NOISE, "speedup": round(speedup, 4), "best_int8": best["name"],
+            "int8_pays": bool(speedup > 1 + choose.NOISE), "speedup": round(speedup, 4), "best_int8": best["name"],
             "candidates": rows, "seconds": round(time.time() - t0, 1)}
