@@ -98,6 +98,7 @@ def _open_parent(name: str, params: dict, mlflow_uri: str | None, experiment: st
     """Start (or, given ``run_id``, reopen) the parent run and point the steps at it (``params`` updated)."""
     from sparse_core import steps
     from sparse_core.tracking import Tracker, keys
+    from sparse_core.tracking.step_run import clear_error
 
     tags = {steps.TAG_KIND: "pipeline", steps.TAG_PIPELINE: name, keys.TAG_PIPELINE_RUN_ID: local_id}
     try:
@@ -108,7 +109,7 @@ def _open_parent(name: str, params: dict, mlflow_uri: str | None, experiment: st
             raise
         parent = Tracker.start(mlflow_uri, experiment=experiment, run_name=f"{name}-{local_id[6:]}", tags=tags)
     if run_id and parent.enabled and parent.run_id == run_id:
-        steps.clear_error(parent, run_id)
+        clear_error(parent, run_id)
     if parent.enabled:
         params.update(mlflow_uri=mlflow_uri, experiment=experiment, parent_run_id=parent.run_id)
         parent.log_params({k: v for k, v in params.items() if k not in ("parent_run_id",) and v not in ("", None)})

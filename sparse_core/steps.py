@@ -21,7 +21,7 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sparse_core import step_work
+from sparse_core import progress, step_work
 from sparse_core.atomic import write_json
 from sparse_core.errors import UserError
 from sparse_core.integrations.ultralytics.stage import StageInputs, TrainSettings
@@ -37,9 +37,9 @@ from sparse_core.tracking.step_run import (  # noqa: F401  (re-exported: compone
     TAG_PIPELINE,
     TAG_STEP,
     StepContext,
-    clear_error,
     close_parent_run,
     failed_step_cause,
+    input_id,
     log_outcome,
     one_line,
     open_parent_run,
@@ -98,20 +98,6 @@ def _read_json(path: Path, what: str) -> dict:
 def _summary(folder: Path) -> dict:
     """A training output's summary.json ({} when the folder has none)."""
     return _read_json(folder / "summary.json", "training summary") if (folder / "summary.json").is_file() else {}
-
-
-def _input_id(folder: str, *names: str) -> dict:
-    """The identity of a step's input folder for ``step_run`` (sha256 of its first file among ``names``), so
-    that a retry finds its own child run and sweep branches sharing a step name do not ('' when missing: the
-    step itself reports that)."""
-    for name in names:
-        path = Path(folder) / name
-        if path.is_file():
-            try:
-                return {name: file_sha256(path)}
-            except OSError:
-                break
-    return {}
 
 
 def _bool(value) -> bool:
@@ -232,7 +218,7 @@ def sparse_train(checkpoint: str, dataset: str, out: str, recipe: RecipeSettings
               "seed": train.seed, "teacher": bool(train.teacher), "device": train.device}
     target = float(recipe.sparsity_target)
     with step_run(step, params, ctx, run_name=f"{step}@{target:g}" if target >= 0 else step,
-                  inputs=_input_id(checkpoint, "fetch.json", "model.pt")) as tracker:
+                  inputs=input_id(checkpoint, "fetch.json", "model.pt")) as tracker:
         full = recipe.load()
         if full is not None:
             tracker.log_params(full.summary())
@@ -286,7 +272,7 @@ def qat(model: str, dataset: str, out: str, train: TrainSettings = TrainSettings
     step = ctx.named("qat")
     params = {"epochs": train.epochs, "imgsz": train.imgsz, "batch": train.batch, "seed": train.seed,
               "device": train.device}
-    with step_run(step, params, ctx, inputs=_input_id(model, "model.pt")) as tracker:
+    with step_run(step, params, ctx, inputs=input_id(model, "model.pt")) as tracker:
         from sparse_core.recipe import load_recipe
 
         src, out_dir = Path(model), Path(out)
@@ -355,7 +341,7 @@ def export_model(model: str, out: str, imgsz: int = 0, batch: int = 1, opset: in
     and ``summary.json`` of the training) from ``model/model.pt``; ``imgsz`` 0 = the training image size."""
     step = ctx.named("export_model")
     with step_run(step, {"imgsz": imgsz, "batch": batch, "opset": opset}, ctx,
-                  inputs=_input_id(model, "model.pt")) as tracker:
+                  inputs=input_id(model, "model.pt")) as tracker:
         from sparse_core.tracking.keys import TAG_ONNX_SHA256
 
         src, out_dir = Path(model), Path(out)
@@ -366,7 +352,6 @@ def export_model(model: str, out: str, imgsz: int = 0, batch: int = 1, opset: in
         parts = {"weights": file_sha256(weights), "imgsz": int(imgsz), "batch": int(batch), "opset": int(opset)}
 
         def compute(o: Path) -> dict:
-            from sparse_core import progress
             from sparse_core.export import export_model as export
 
             progress.emit(event="export_start")  # a kill point of the fault tests: the folder is written to a temp
@@ -399,7 +384,6 @@ def _deploy_lineage(tracker, deploy: Path, summary: dict) -> dict:
     provenance = summary.get("recipe_provenance")
     tags.update({str(k): str(v) for k, v in provenance.items()} if isinstance(provenance, dict) else {})
     tags.update(budget_tags(summary))
-    tags.update(chosen_tags(deploy))  # form, engine, precision, ISA of a deployment chosen by measurement
     return tags
 
 
@@ -415,7 +399,7 @@ def benchmark(model: str, out: str, engine: str = "onnxruntime", threads: int = 
     step = ctx.named("benchmark")
     params = {"engine": engine, "threads": threads, "seconds": seconds, "iterations": iterations, "warmup": warmup,
               "precision": precision or "default", **({"isa": isa} if isa else {})}
-    with step_run(step, params, ctx, inputs=_input_id(model, "model.onnx")) as tracker:
+    with step_run(step, params, ctx, inputs=input_id(model, "model.onnx")) as tracker:
         from sparse_core.bench import benchmark as bench
         from sparse_core.bench.cpu import cpu_info
 
@@ -463,7 +447,7 @@ def register_model(model: str, benchmark: str, name: str, alias: str = "candidat
     if not isinstance(extra, dict):
         raise UserError(f"tags: {tags!r}; expected a JSON object")
     params = {"name": name, "alias": alias, **{f"tag.{k}": v for k, v in extra.items()}}
-    with step_run(ctx.named("register_model"), params, ctx, inputs=_input_id(model, "model.onnx")) as tracker:
+    with step_run(ctx.named("register_model"), params, ctx, inputs=input_id(model, "model.onnx")) as tracker:
         from sparse_core.tracking import registry
         from sparse_core.tracking.keys import TAG_ONNX_SHA256
 
@@ -511,5 +495,3 @@ def select_champion(name: str, metric: str = "images_per_s", constraint: str = "
 
 # auto_sparsify's steps live with the sensitivity analysis; re-exported so components call sparse_core.steps only
 from sparse_core.sensitivity.steps import analyze, generate_recipe  # noqa: E402,F401
-# the deployment choice's steps (probe before QAT, choose after export) live with export
-from sparse_core.export.steps import choose_deployment, chosen_tags, decide_precision  # noqa: E402,F401

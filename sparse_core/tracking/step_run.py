@@ -65,6 +65,21 @@ def record_error(step: str, cause: str, user: bool) -> None:
 
 
 
+def input_id(folder: str, *names: str) -> dict:
+    """The identity of a step's input folder for ``step_key``: the sha256 of its first file among ``names`` ({}
+    when none is there: the step itself reports a missing input)."""
+    from sparse_core.tracking.lineage import file_sha256
+
+    for name in names:
+        path = Path(folder) / name
+        if path.is_file():
+            try:
+                return {name: file_sha256(path)}
+            except OSError:
+                break
+    return {}
+
+
 def step_key(step: str, run_name: str, params: dict, inputs: dict | None = None) -> str:
     """What identifies one step of one pipeline run across its attempts: name, params and input identities
     (e.g. the sha256 of the model it reads), so the branches of a sweep that share a step name stay apart."""
