@@ -57,13 +57,13 @@ def plans(args, base: str) -> list[dict]:
     from sparse_core.recipes import path as recipe
 
     total = args.epochs + args.prune_epochs  # the controls' budget: what a variant had in all
-    out = [{"name": "dense", "kind": "dense", "start": f"{base}.yaml", "epochs": args.epochs},
-           {"name": "dense-ft", "kind": "control", "start": "dense", "teacher": "dense",
-            "recipe": recipe("structured_kd_50.yaml"),
-            "recipe_args": {**structured_args(args, 0.0), "init_sparsity": 0.0}}]
-    for key in args.variants:
+    out = [{"name": "dense", "kind": "dense", "start": f"{base}.yaml", "epochs": args.epochs}]
+    for key in args.variants:  # the variants first: what a session that stops early should have trained
         out.append({"name": f"{key}-kd", "kind": "variant", "start": "dense", "teacher": "dense",
                     "recipe": recipe(STRUCTURED[key][0]), "recipe_args": structured_args(args, STRUCTURED[key][1])})
+    out.append({"name": "dense-ft", "kind": "control", "start": "dense", "teacher": "dense",
+                "recipe": recipe("structured_kd_50.yaml"),
+                "recipe_args": {**structured_args(args, 0.0), "init_sparsity": 0.0}})
     if args.qat_epochs:
         out += [{"name": f"{key}-kd-qat", "kind": "variant", "start": f"{key}-kd", "teacher": "dense",
                  "recipe": recipe("structured_kd_qat.yaml"), "recipe_args": {"num_epochs": args.qat_epochs}}
