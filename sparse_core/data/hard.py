@@ -23,7 +23,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from sparse_core.data.synth import SHAPES, _shape_polygon
+from sparse_core.data.shapes import SHAPES, shape_polygon
 
 TEXTURES = ("solid", "striped")
 HARD_CLASSES = len(SHAPES) * len(TEXTURES)
@@ -118,7 +118,7 @@ def _objects(rng: np.random.Generator, imgsz: int, n_classes: int) -> list[dict]
         if rng.random() < HARD_NEGATIVES:
             if rng.random() < 0.5:
                 shape = SHAPES[int(rng.integers(len(SHAPES)))]
-                poly = _shape_polygon(shape, cx, cy, size, float(rng.uniform(0, math.pi / 3)))
+                poly = shape_polygon(shape, cx, cy, size, float(rng.uniform(0, math.pi / 3)))
                 items.append({"poly": poly, "texture": "checkered", "cls": None, "size": size})
             else:
                 items.append({"poly": _distractor_polygon(rng, cx, cy, size),
@@ -126,7 +126,7 @@ def _objects(rng: np.random.Generator, imgsz: int, n_classes: int) -> list[dict]
             continue
         cls = int(rng.integers(n_classes))
         shape, texture = SHAPES[cls % len(SHAPES)], TEXTURES[(cls // len(SHAPES)) % len(TEXTURES)]
-        poly = _shape_polygon(shape, cx, cy, size, float(rng.uniform(0, math.pi / 3)))
+        poly = shape_polygon(shape, cx, cy, size, float(rng.uniform(0, math.pi / 3)))
         items.append({"poly": poly, "texture": texture, "cls": cls, "size": size})
     return items
 

@@ -16,10 +16,11 @@ import yaml
 from PIL import Image, ImageDraw
 
 from sparse_core.atomic import atomic_dir
+from sparse_core.data import hard
+from sparse_core.data.shapes import SHAPES, shape_polygon
 from sparse_core.errors import UserError
 
 # class k: SHAPES[k % len] in COLOURS[k % len]; both cycle so neighbouring classes differ in shape AND colour
-SHAPES = ("square", "circle", "triangle", "diamond", "hexagon", "star")
 COLOURS = {
     "red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220), "yellow": (235, 210, 20),
     "magenta": (200, 40, 200), "cyan": (20, 200, 210), "orange": (245, 130, 20), "black": (20, 20, 20),
@@ -31,25 +32,6 @@ TASKS = ("detect", "segment")
 def class_names(n_classes: int) -> list[str]:
     colours = list(COLOURS)
     return [f"{colours[k % len(colours)]}_{SHAPES[k % len(SHAPES)]}" for k in range(n_classes)]
-
-
-def _shape_polygon(shape: str, cx: float, cy: float, size: float, rot: float) -> list[tuple[float, float]]:
-    """Vertices (pixels) of ``shape`` with bounding extent ~``size`` centred at (cx, cy)."""
-    r = size / 2
-    if shape == "square":
-        return [(cx - r, cy - r), (cx + r, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
-    if shape == "circle":
-        n, radii, start = 24, [r], 0.0
-    elif shape == "triangle":
-        n, radii, start = 3, [r], -math.pi / 2 + rot
-    elif shape == "diamond":
-        n, radii, start = 4, [r], 0.0
-    elif shape == "hexagon":
-        n, radii, start = 6, [r], rot
-    else:  # star
-        n, radii, start = 10, [r, r * 0.45], -math.pi / 2 + rot
-    return [(cx + radii[i % len(radii)] * math.cos(start + 2 * math.pi * i / n),
-             cy + radii[i % len(radii)] * math.sin(start + 2 * math.pi * i / n)) for i in range(n)]
 
 
 def _iou(a, b) -> float:
@@ -74,7 +56,7 @@ def _render(rng: np.random.Generator, imgsz: int, n_classes: int, task: str) -> 
             size = float(rng.uniform(0.15, 0.45)) * imgsz
             cx = float(rng.uniform(size / 2 + 1, imgsz - size / 2 - 1))
             cy = float(rng.uniform(size / 2 + 1, imgsz - size / 2 - 1))
-            poly = _shape_polygon(SHAPES[cls % len(SHAPES)], cx, cy, size, float(rng.uniform(0, math.pi / 3)))
+            poly = shape_polygon(SHAPES[cls % len(SHAPES)], cx, cy, size, float(rng.uniform(0, math.pi / 3)))
             xs, ys = [p[0] for p in poly], [p[1] for p in poly]
             box = (min(xs), min(ys), max(xs), max(ys))
             if all(_iou(box, b) < 0.05 for b in boxes):
@@ -111,8 +93,6 @@ def synth_dataset(out: str | os.PathLike, task: str = "detect", n_train: int = 6
     Returns ``out/data.yaml`` (absolute ``path``). An earlier synth output at ``out`` is replaced; any other
     non-empty folder is refused.
     """
-    from sparse_core.data import hard
-
     if preset not in PRESETS:
         raise UserError(f"preset: {preset!r} is not supported; expected one of {', '.join(PRESETS)}")
     max_classes = hard.HARD_CLASSES if preset == "hard" else MAX_CLASSES
