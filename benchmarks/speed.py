@@ -174,7 +174,7 @@ def nncf_int8(row: dict, data: Path, imgsz: int) -> Path:
 
 
 def load_column(rows: dict, engine: str, precision: str | None, imgsz: int, threads: int) -> dict:
-    from sparse_core.bench import deepsparse_venv, engines
+    from sparse_core.bench import deepsparse_venv, engines, openvino_isa
     from sparse_core.export.graph import deployment_model
 
     x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
@@ -189,7 +189,7 @@ def load_column(rows: dict, engine: str, precision: str | None, imgsz: int, thre
         elif engine == "openvino":
             loaded[name] = engines.openvino(path, x, threads, precision)
         elif engine == "openvino-vnni":  # a worker process per model: oneDNN reads the cap once per process
-            loaded[name] = engines.openvino(path, x, threads, precision, isa=VNNI_CAP)
+            loaded[name] = openvino_isa.load(path, x, threads, precision, VNNI_CAP)
         else:
             loaded[name] = deepsparse_venv.load(path, x, threads)
     return loaded

@@ -129,13 +129,9 @@ def _ov_compile(core, path: Path, config: dict):
             raise err from None
 
 
-def openvino(path: Path, x: np.ndarray, threads: int, precision: str | None = None, isa: str | None = None) -> Loaded:
-    """OpenVINO CPU, LATENCY hint; ``precision`` None keeps OpenVINO's default (reported as it resolved); ``isa``
-    caps oneDNN's instruction set (e.g. AVX512_CORE_VNNI), which needs a process of its own (``openvino_isa``)."""
-    if isa:
-        from sparse_core.bench import openvino_isa
-
-        return openvino_isa.load(path, x, threads, precision, isa)
+def openvino(path: Path, x: np.ndarray, threads: int, precision: str | None = None) -> Loaded:
+    """OpenVINO CPU, LATENCY hint; ``precision`` None keeps OpenVINO's default (reported as it resolved). With
+    oneDNN's instruction set capped (e.g. AVX512_CORE_VNNI) a model needs a process of its own: ``openvino_isa``."""
     try:
         import openvino as ov
     except ImportError as err:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from sparse_core.bench import engines, why
+from sparse_core.bench import engines, openvino_isa, why
 from sparse_core.bench.cpu import cpu_info
 from sparse_core.errors import UserError
 from sparse_core.export import graph
@@ -84,7 +84,8 @@ def _load(m: _Model, x: np.ndarray, engine: str, threads: int, precision: str | 
     if engine == "onnxruntime":
         loaded = engines.onnxruntime(m.path, x, threads, spinning=not shared)
     elif engine == "openvino":
-        loaded = engines.openvino(m.path, x, threads, precision, isa)
+        loaded = openvino_isa.load(m.path, x, threads, precision, isa) if isa else engines.openvino(
+            m.path, x, threads, precision)
     else:
         from sparse_core.bench import deepsparse_venv as deepsparse
 
@@ -111,9 +112,7 @@ def _check_args(engine, batch, imgsz, threads, warmup, iterations, seconds, prec
     if isa is not None:
         if engine != "openvino":
             raise UserError(f"--isa: {isa!r} is for --engine openvino (oneDNN's ISA cap); got --engine {engine}")
-        from sparse_core.bench.openvino_isa import check
-
-        check(isa)
+        openvino_isa.check(isa)
     if precision is not None and (engine != "openvino" or precision not in engines.PRECISIONS):
         raise UserError(f"--precision: {precision!r} is invalid for --engine {engine}; expected one of "
                         f"{', '.join(engines.PRECISIONS)} with --engine openvino (onnxruntime computes in f32)")
