@@ -11,10 +11,9 @@ them. A registration may carry ``when`` (a test on the modifier's fields): ``GMP
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Callable, Optional, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from sparse_core.modifiers.manager import RecipeManager
     from sparse_core.recipe.schemas import Modifier
 
 PLUGINS = ("sparse_core.modifiers.pruning", "sparse_core.modifiers.lr", "sparse_core.structured",
@@ -41,8 +40,9 @@ class ModifierExecutor(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
-# (modifier, manager, where) -> executor; ``where`` is "recipe:line: Type" for error messages
-ExecutorFactory = Callable[["Modifier", "RecipeManager", str], ModifierExecutor]
+# (modifier, manager, where) -> executor; ``where`` is "recipe:line: Type" for error messages. The manager is the
+# RecipeManager that asks (typed Any: the manager imports this registry, so the registry does not import it back)
+ExecutorFactory = Callable[["Modifier", Any, str], ModifierExecutor]
 _EXECUTORS: dict[str, list[tuple[Optional[Callable[["Modifier"], bool]], ExecutorFactory]]] = {}
 _loaded = False
 
