@@ -9,15 +9,6 @@ import json
 from sparse_core.errors import UserError
 
 
-def _engines(text: str) -> tuple[str, ...]:
-    from sparse_core.sensitivity.latency import check_engine
-
-    engines = tuple(e.strip() for e in text.split(",") if e.strip())
-    for e in engines or ("",):
-        check_engine(e)
-    return engines
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser("analyze", help="per channel group: accuracy sensitivity and latency share")
     p.add_argument("model", help="trained .pt checkpoint (Ultralytics YOLO detector or segmenter)")
@@ -40,12 +31,12 @@ def register(subparsers) -> None:
 
 
 def run_analyze(args: argparse.Namespace) -> int:
-    from sparse_core.sensitivity.analyze import analyze, parse_levels
+    from sparse_core.sensitivity.analyze import analyze, parse_engines, parse_levels
 
     for name in ("val_images", "calib_images", "batch", "imgsz"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')}: {getattr(args, name)}: expected a positive integer")
-    result = analyze(args.model, args.data, args.out, _engines(args.engine), args.imgsz, parse_levels(args.levels),
+    result = analyze(args.model, args.data, args.out, parse_engines(args.engine), args.imgsz, parse_levels(args.levels),
                      args.acc_imgsz, args.val_images, args.calib_images, args.batch, args.seconds, args.threads,
                      args.mlflow, args.experiment)
     if args.json:

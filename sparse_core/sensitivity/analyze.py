@@ -25,6 +25,14 @@ from sparse_core.sensitivity.groups import model_groups, structure, zero_group
 VERSION = 1
 
 
+def parse_engines(text: str) -> tuple[str, ...]:
+    """``--engine``'s comma-separated latency engines, each checked (an empty text is checked as one engine)."""
+    engines = tuple(e.strip() for e in text.split(",") if e.strip())
+    for e in engines or ("",):
+        lat.check_engine(e)
+    return engines
+
+
 def parse_levels(text: str) -> list[float]:
     try:
         levels = sorted({float(x) for x in str(text).split(",") if x.strip()})

@@ -18,8 +18,7 @@ def analyze(checkpoint: str, dataset: str, out: str, engine: str = "onnxruntime"
             mlflow_uri: str = "", experiment: str = "sparsepipe", parent_run_id: str = "") -> dict:
     """``sparsepipe analyze`` of the fetched checkpoint on the prepared data set; ``out`` gets analysis.json."""
     from sparse_core import steps
-    from sparse_core.sensitivity.analyze import analyze as run, parse_levels
-    from sparse_core.cli.analyze import _engines
+    from sparse_core.sensitivity.analyze import analyze as run, parse_engines, parse_levels
 
     params = {"engine": engine, "imgsz": imgsz, "levels": levels, "val_images": val_images,
               "calib_images": calib_images}
@@ -27,7 +26,7 @@ def analyze(checkpoint: str, dataset: str, out: str, engine: str = "onnxruntime"
     with steps.step_run("analyze", params, ctx) as tracker:
         model, _, _ = steps._model_source(checkpoint)
         data_yaml, _ = prepared_info(dataset)
-        result = run(model, str(data_yaml), out, _engines(engine), imgsz, parse_levels(levels), None, val_images,
+        result = run(model, str(data_yaml), out, parse_engines(engine), imgsz, parse_levels(levels), None, val_images,
                      calib_images, 8, seconds)
         tracker.log_metrics({"analyze.dense_map50_95": result["dense"]["map50_95"],
                              "analyze.total_s": result["timing"]["total_s"]})
