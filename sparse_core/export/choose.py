@@ -71,7 +71,7 @@ def candidates(folders: dict[str, Path], engine: str, precision: str = "auto", a
     """Every form of the exports in ``folders`` (name -> folder) worth timing on ``engine``; ``amx`` None reads
     the CPU (capped twins of the INT8 files on OpenVINO, whose AMX INT8 kernels are slow at thin widths)."""
     from sparse_core.bench.openvino_isa import VNNI_CAP
-    from sparse_core.export.qdq import ENGINE_FILES
+    from sparse_core.export.layout import ENGINE_FILES
 
     check_precision(precision)
     if amx is None:

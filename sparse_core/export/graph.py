@@ -20,6 +20,7 @@ import onnx
 from onnx import numpy_helper
 
 from sparse_core.errors import UserError
+from sparse_core.export.layout import ENGINE_FILES
 
 # ops onnxruntime runs with integer arithmetic; their presence in the optimised graph proves INT8 kernels are used
 INTEGER_OPS = frozenset({
@@ -33,11 +34,9 @@ GZIP_LEVEL = 6  # `gzip` default; level 9 took 12x longer on a 12 MB half-sparse
 def deployment_model(path: str | os.PathLike, engine: str | None = None) -> Path:
     """The ONNX file named by ``path``: an ``.onnx`` file, or a deployment folder holding ``model.onnx``. With
     ``engine``, a QDQ export's form for that engine when the folder has one (``model.deepsparse.onnx``,
-    ``model.openvino.onnx``: same weights and grids, written by export; see ``qdq``) — unless the folder's
+    ``model.openvino.onnx``: same weights and grids, written by export; see ``layout``) — unless the folder's
     deployment.json chose ``model.onnx`` for that engine by measurement (``choose``)."""
     import json
-
-    from sparse_core.export.qdq import ENGINE_FILES
 
     path = Path(path)
     if path.is_dir():

@@ -17,6 +17,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from sparse_core.export.graph import _constant_value, node_histogram, remove_unused_initializers, strip_unused_opsets
+from sparse_core.export.layout import DEEPSPARSE_FILE, OPENVINO_FILE
+
 
 def _value(name: str, inits: dict) -> np.ndarray | None:
     return numpy_helper.to_array(inits[name]) if name in inits else None
@@ -106,8 +109,6 @@ def _drop_dead(model: onnx.ModelProto, outputs: set[str]) -> int:
 
 def clean(model: onnx.ModelProto) -> dict[str, int]:
     """Apply the rewrites until none applies; returns how many nodes each removed."""
-    from sparse_core.export.graph import remove_unused_initializers
-
     inits = {t.name: t for t in model.graph.initializer}
     outputs = {o.name for o in model.graph.output}
     counts = {"requantize": 0, "shared_q": 0, "shared_dq": 0, "dead": 0}
@@ -151,8 +152,6 @@ def float_weights_for_float_convs(model: onnx.ModelProto) -> int:
     """Store the weights of convs that run in float (no QuantizeLinear on their output, so no engine fuses them
     into an integer conv: the head's prediction convs) as FP32 constants instead of ``DQ(int8)``: the same values,
     and DeepSparse refuses a conv whose weight is computed ("kernel is not constant"). Returns convs changed."""
-    from sparse_core.export.graph import _constant_value, remove_unused_initializers
-
     inits = {t.name: t for t in model.graph.initializer}
     producers = {o: n for n in model.graph.node for o in n.output}
     cons = _readers(model)
@@ -175,9 +174,6 @@ def float_weights_for_float_convs(model: onnx.ModelProto) -> int:
     return changed
 
 
-DEEPSPARSE_FILE = "model.deepsparse.onnx"
-OPENVINO_FILE = "model.openvino.onnx"
-ENGINE_FILES = {"deepsparse": DEEPSPARSE_FILE, "openvino": OPENVINO_FILE}  # what `deployment_model` picks per engine
 SILU_OPS = frozenset({"Sigmoid", "Mul"})
 
 
@@ -212,8 +208,6 @@ def float_activation_inputs(model: onnx.ModelProto) -> int:
 def openvino_form(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
     """The QDQ model in the form OpenVINO runs fastest: conv outputs to SiLU in float
     (``float_activation_inputs``), every other Q/DQ as exported. Returns facts for export.json."""
-    from sparse_core.export.graph import node_histogram, remove_unused_initializers
-
     model = onnx.load(str(src))
     dropped = float_activation_inputs(model)
     remove_unused_initializers(model)
@@ -230,8 +224,6 @@ def deepsparse_form(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
     QAT with ``weights: {strategy: tensor}``. Measured on a thin YOLOv8n at 640 px: 0% of the QDQ graph native,
     99.5% of this form with per-tensor weights (35-51% with per-channel). Returns facts for export.json."""
     import onnxruntime as ort
-
-    from sparse_core.export.graph import node_histogram, strip_unused_opsets
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
