@@ -22,6 +22,7 @@ from sparse_core.bench.cpu import cpu_info
 from sparse_core.errors import UserError
 from sparse_core.export import graph
 from sparse_core.export.graph import deployment_model
+from sparse_core.export.layout import read_decision
 
 ENGINES = ("onnxruntime", "openvino", "deepsparse")
 DEFAULT_SECONDS = 10.0
@@ -206,8 +207,6 @@ def _explain(m: _Model, engine: str, profile_runs: int) -> dict[str, Any]:
 
 def _chosen_isa(model: str | os.PathLike, engine: str) -> str | None:
     """The oneDNN cap a chosen deployment was measured fastest under on ``engine`` (its deployment.json)."""
-    from sparse_core.export.choose import read_decision
-
     if not Path(model).exists():
         return None
     decision = read_decision(model)

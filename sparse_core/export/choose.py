@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from sparse_core.errors import UserError
+from sparse_core.export.layout import DEPLOYMENT_FILE, ENGINE_FILES
 
 PRECISIONS = ("auto", "float", "int8")  # which forms may ship: any, the float model only, INT8 only
-DEPLOYMENT_FILE = "deployment.json"
 CANDIDATES_DIR = "candidates"
 NOISE = 0.03  # INT8 must beat float by more than this (relative img/s) to be chosen
 
@@ -71,7 +71,6 @@ def candidates(folders: dict[str, Path], engine: str, precision: str = "auto", a
     """Every form of the exports in ``folders`` (name -> folder) worth timing on ``engine``; ``amx`` None reads
     the CPU (capped twins of the INT8 files on OpenVINO, whose AMX INT8 kernels are slow at thin widths)."""
     from sparse_core.bench.openvino_isa import VNNI_CAP
-    from sparse_core.export.layout import ENGINE_FILES
 
     check_precision(precision)
     if amx is None:
@@ -229,13 +228,6 @@ def write_deployment(out: str | os.PathLike, folders: dict[str, str | os.PathLik
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return decision
-
-
-def read_decision(path: str | os.PathLike) -> dict | None:
-    """deployment.json of a chosen deployment folder (or of the folder holding ``model.onnx``), else None."""
-    path = Path(path)
-    f = (path if path.is_dir() else path.parent) / DEPLOYMENT_FILE
-    return json.loads(f.read_text()) if f.is_file() else None
 
 
 def table(decision: dict) -> list[str]:

@@ -20,7 +20,7 @@ import onnx
 from onnx import numpy_helper
 
 from sparse_core.errors import UserError
-from sparse_core.export.layout import ENGINE_FILES
+from sparse_core.export.layout import ENGINE_FILES, read_decision
 
 # ops onnxruntime runs with integer arithmetic; their presence in the optimised graph proves INT8 kernels are used
 INTEGER_OPS = frozenset({
@@ -36,15 +36,12 @@ def deployment_model(path: str | os.PathLike, engine: str | None = None) -> Path
     ``engine``, a QDQ export's form for that engine when the folder has one (``model.deepsparse.onnx``,
     ``model.openvino.onnx``: same weights and grids, written by export; see ``layout``) — unless the folder's
     deployment.json chose ``model.onnx`` for that engine by measurement (``choose``)."""
-    import json
-
     path = Path(path)
     if path.is_dir():
         path = path / "model.onnx"
     if not path.is_file():
         raise UserError(f"{path}: model not found; expected an .onnx file or a deployment folder with model.onnx")
-    chosen = path.parent / "deployment.json"
-    if path.name == "model.onnx" and chosen.is_file() and json.loads(chosen.read_text()).get("engine") == engine:
+    if path.name == "model.onnx" and (read_decision(path) or {}).get("engine") == engine:
         return path
     own = ENGINE_FILES.get(engine) if path.name == "model.onnx" else None
     return path.parent / own if own and (path.parent / own).is_file() else path

@@ -142,7 +142,8 @@ def _log_parent(tracker, ctx: StepContext, engine: str, metrics: dict) -> None:
 
 def chosen_tags(deploy: str | Path) -> dict[str, str]:
     """Registry version tags of a deployment folder ({} when it was not chosen by measurement)."""
-    from sparse_core.export.choose import read_decision, version_tags
+    from sparse_core.export.choose import version_tags
+    from sparse_core.export.layout import read_decision
 
     return version_tags(read_decision(deploy)) if Path(deploy).is_dir() else {}
 
