@@ -27,6 +27,7 @@ import yaml
 from sparse_core.checkpoint import checkpoint_model, load_checkpoint, sparsepipe_meta
 from sparse_core.errors import UserError
 from sparse_core.export import accuracy, graph, qdq
+from sparse_core.quantization.modules import is_quantized
 from sparse_core.tracking.redaction import redact
 
 MIN_OPSET, MAX_OPSET = 13, 21  # 13: per-channel QuantizeLinear; 21: newest onnxruntime/onnx we test against
@@ -47,12 +48,6 @@ def conv_zero_count(model: torch.nn.Module) -> tuple[int, int]:
             zeros += int((w == 0).sum())
             params += w.numel()
     return zeros, params
-
-
-def is_quantized(model: torch.nn.Module) -> bool:
-    from torch.ao.quantization import FakeQuantizeBase
-
-    return any(isinstance(m, FakeQuantizeBase) for m in model.modules())
 
 
 def _freeze_fake_quant(model: torch.nn.Module) -> None:

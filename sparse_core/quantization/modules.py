@@ -172,6 +172,11 @@ def add_output_quant(module: nn.Module, args: QArgs) -> None:
     module.register_forward_hook(_quantize_output)
 
 
+def is_quantized(model: nn.Module) -> bool:
+    """True when ``model`` has any fake-quant module (a QAT model: export writes Q/DQ for it)."""
+    return any(isinstance(m, FakeQuantizeBase) for m in model.modules())
+
+
 def fake_quant_modules(model: nn.Module) -> dict[str, FakeQuantizeBase]:
     return {n: m for n, m in model.named_modules() if isinstance(m, FakeQuantizeBase)}
 

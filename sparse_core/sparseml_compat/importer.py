@@ -110,7 +110,7 @@ def _lineage(ck: SparseMLCheckpoint, optimizer_note: str) -> dict:
 
 
 def _meta(ck, recipe, manager_state, model, args, lineage) -> dict[str, Any]:
-    from sparse_core.export.export import is_quantized
+    from sparse_core.quantization.modules import is_quantized
 
     return {
         "recipe": ck.carried_recipe(), "recipe_path": None, "recipe_args": {},
