@@ -3,9 +3,10 @@
 This package is the whole command line of ``sparse_core``: one module per command (``recipe``, ``train`` (+ ``val``),
 ``export``, ``benchmark``, ``data``, ``zoo``, ``models``, ``sparseml`` (``import``), ``baseline``), each exposing
 ``register(subparsers)``, which adds its parser and sets ``func`` (called with the parsed args, returns an exit
-code). The library modules they call never parse arguments. ``pipeline`` and ``cluster`` live in ``pipelines/``
-(they need kfp and kubernetes, which ``sparse_core`` never imports). Modules are imported lazily so ``sparsepipe --help``
-stays fast and a broken optional dependency only breaks its own command.
+code). The library modules they call never parse arguments. Other packages add commands through
+``sparsepipe.commands`` entry points (name = a module with ``register``): ``pipeline`` and ``cluster`` come from
+``pipelines/`` that way (they need kfp and kubernetes, which ``sparse_core`` never imports, nor names). Modules are
+imported lazily so ``sparsepipe --help`` stays fast and a broken optional dependency only breaks its own command.
 
 One error path for every command (``run_command``): bad input (a ``UserError``, an argparse error, a user path that
 does not exist) is one stderr line and exit 2; anything else is an internal error: one stderr line naming a log
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
+import importlib.metadata
 import os
 import re
 import sys
@@ -28,8 +30,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 
 from sparse_core.errors import UserError  # noqa: E402
 
-# subcommand name -> module that registers it. "pipeline" and "cluster" live beside the pipelines (they need kfp and
-# kubernetes): this mapping names them as strings for importlib, and sparse_core never imports them.
+# subcommand name -> module that registers it; more come from the ENTRY_POINTS group (see _command_modules)
 COMMANDS = {
     "recipe": "sparse_core.cli.recipe",
     "train": "sparse_core.cli.train",
@@ -39,12 +40,11 @@ COMMANDS = {
     "data": "sparse_core.cli.data",
     "zoo": "sparse_core.cli.zoo",
     "models": "sparse_core.cli.models",
-    "pipeline": "pipelines.cli",
-    "cluster": "pipelines.cluster",
     "import": "sparse_core.cli.sparseml",
     "baseline": "sparse_core.cli.baseline",
     "analyze": "sparse_core.cli.analyze",
 }
+ENTRY_POINTS = "sparsepipe.commands"  # pyproject.toml: [project.entry-points."sparsepipe.commands"] name = "module"
 # OS errors on a path the user named are bad input, not a bug in sparsepipe
 _USER_OS_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
 
@@ -57,12 +57,19 @@ class OneLineParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _command_modules() -> dict[str, str]:
+    """Subcommand -> module that registers it: ``COMMANDS``, then the installed ``sparsepipe.commands`` entry
+    points (each names a module; the package that declares it owns the command)."""
+    return {**COMMANDS, **{ep.name: ep.module for ep in importlib.metadata.entry_points(group=ENTRY_POINTS)}}
+
+
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = OneLineParser(prog="sparsepipe", description="Sparsify YOLO models; run as KFP pipelines.")
     parser.add_argument("--debug", action="store_true", help="print tracebacks of internal errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     wanted = [a for a in argv if not a.startswith("-")][:1]
-    modules = sorted(set(COMMANDS.values())) if not wanted or wanted[0] not in COMMANDS else [COMMANDS[wanted[0]]]
+    commands = _command_modules()
+    modules = sorted(set(commands.values())) if not wanted or wanted[0] not in commands else [commands[wanted[0]]]
     for mod_name in modules:
         try:
             mod = importlib.import_module(mod_name)
