@@ -113,13 +113,14 @@ def step_run(step: str, params: dict, ctx: "StepContext", run_name: str | None =
         tracker.step_key = key  # read by register_model: the version it creates carries it
         if earlier:
             clear_error(tracker, tracker.run_id)  # this attempt's outcome replaces the earlier one's
+            tracker.logged_points = logged_points(tracker)  # a cache hit re-logs nothing the earlier attempt did
         if tracker.enabled and parent_run_id:
             _inherit_parent_tags(tracker, parent_run_id)
             _count_attempt(tracker, parent_run_id, run_name, key, 1 + (earlier[1] if earlier else 0))
         tracker.log_params({k: v for k, v in params.items() if v not in (None, "")})
         t0 = time.perf_counter()
         yield tracker
-        tracker.log_metrics({"step_seconds": time.perf_counter() - t0})
+        tracker.log_metrics({"step_seconds": time.perf_counter() - t0}, step=getattr(tracker, "attempt", 1) - 1)
         tracker.finish("FINISHED")
     except BaseException as err:
         cause = one_line(err)
@@ -130,6 +131,20 @@ def step_run(step: str, params: dict, ctx: "StepContext", run_name: str | None =
             tracker.finish("KILLED" if stopped else "FAILED",
                            timeout=preemption.FLUSH_SECONDS if isinstance(err, preemption.Preempted) else None)
         raise
+
+
+def logged_points(tracker) -> set[tuple[str, int]]:
+    """(metric, step) pairs the run already holds (a reopened run's earlier attempts)."""
+    from sparse_core.tracking.connection import http_limits
+
+    points: set[tuple[str, int]] = set()
+    try:
+        with http_limits(retries=1, timeout=15):
+            for key in tracker.client.get_run(tracker.run_id).data.metrics:
+                points |= {(key, int(m.step)) for m in tracker.client.get_metric_history(tracker.run_id, key)}
+    except Exception:  # noqa: BLE001 - at worst a retry logs a point twice
+        pass
+    return points
 
 
 def clear_error(tracker, run_id: str) -> None:
@@ -167,6 +182,7 @@ def _earlier_attempt(mlflow_uri: str, parent_run_id: str, key: str) -> tuple[str
 def _count_attempt(tracker, parent_run_id: str, run_name: str, key: str, attempt: int) -> None:
     """Attempt number on the child run, and per step on the parent (``sparsepipe.attempts.<run name>.<key>``)."""
     tracker.set_tags({TAG_ATTEMPTS: str(attempt)})
+    tracker.attempt = attempt
     from sparse_core.tracking.connection import http_limits
 
     try:

@@ -135,6 +135,7 @@ class Tracker:
         self._lock = threading.RLock()
         self._params: dict[str, str] = {}  # queued
         self._sent_params: dict[str, str] = {}  # accepted by the server (params are write-once in MLflow)
+        self.logged_points: set[tuple[str, int]] = set()  # (key, step) an earlier attempt logged: not sent twice
         self._tags: dict[str, str] = {}
         self._metrics: list = []  # mlflow.entities.Metric
         self._artifacts: list[tuple[str, str | None]] = []  # (staged local path, artifact_path)
@@ -229,7 +230,8 @@ class Tracker:
                 continue
             if math.isinf(value):
                 value = math.copysign(1.7976931348623157e308, value)
-            points.append(Metric(metric_key(key), value, now, int(step or 0)))
+            if (metric_key(key), int(step or 0)) not in self.logged_points:
+                points.append(Metric(metric_key(key), value, now, int(step or 0)))
         with self._lock:
             self._metrics.extend(points)
             if self._down:
