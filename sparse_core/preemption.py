@@ -2,7 +2,7 @@
 
 Kubernetes evicts a pod (spot/preemptible node, drain) with SIGTERM, a grace period (30 s by default), then
 SIGKILL. Python's default for SIGTERM is to die at once, mid-write and without flushing MLflow. A pipeline step
-calls ``install()``; from then on SIGTERM raises ``Preempted`` in the main thread, which the step's MLflow run
+runs inside ``installed()``; there SIGTERM raises ``Preempted`` in the main thread, which the step's MLflow run
 records (status KILLED, queued metrics flushed for at most ``FLUSH_SECONDS``) before the process exits non-zero.
 
 Inside ``deferred()`` (training) the signal only sets a flag, and the trainer calls ``check()`` at every batch
@@ -49,12 +49,18 @@ def _on_sigterm(signum, frame) -> None:
         raise Preempted()
 
 
-def install() -> bool:
-    """Route SIGTERM to ``Preempted`` (main thread only; elsewhere Python cannot set handlers: returns False)."""
+@contextlib.contextmanager
+def installed():
+    """Route SIGTERM to ``Preempted`` inside the block, then restore the previous handler (main thread only:
+    elsewhere Python cannot set handlers and the block runs unchanged)."""
     if threading.current_thread() is not threading.main_thread():
-        return False
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    return True
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager

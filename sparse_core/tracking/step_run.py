@@ -98,9 +98,15 @@ def step_run(step: str, params: dict, ctx: "StepContext", run_name: str | None =
     """
     from sparse_core import preemption
 
-    preemption.install()
+    with preemption.installed(), _step_run(step, params, ctx, run_name or step, inputs) as tracker:
+        yield tracker
+
+
+@contextlib.contextmanager
+def _step_run(step: str, params: dict, ctx: "StepContext", run_name: str, inputs: dict | None) -> Iterator[Any]:
+    from sparse_core import preemption
+
     mlflow_uri, experiment, parent_run_id = ctx.mlflow_uri, ctx.experiment, ctx.parent_run_id
-    run_name = run_name or step
     key = step_key(step, run_name, params, inputs)
     tracker = None
     try:
