@@ -384,6 +384,7 @@ def _deploy_lineage(tracker, deploy: Path, summary: dict) -> dict:
     provenance = summary.get("recipe_provenance")
     tags.update({str(k): str(v) for k, v in provenance.items()} if isinstance(provenance, dict) else {})
     tags.update(budget_tags(summary))
+    tags.update(chosen_tags(deploy))  # form, engine, precision, ISA of a deployment chosen by measurement
     return tags
 
 
@@ -495,3 +496,5 @@ def select_champion(name: str, metric: str = "images_per_s", constraint: str = "
 
 # auto_sparsify's steps live with the sensitivity analysis; re-exported so components call sparse_core.steps only
 from sparse_core.sensitivity.steps import analyze, generate_recipe  # noqa: E402,F401
+# the deployment choice's steps (probe before QAT, choose after export) live with export
+from sparse_core.export.steps import choose_deployment, chosen_tags, decide_precision  # noqa: E402,F401
