@@ -26,6 +26,7 @@ from sparse_core.atomic import write_json
 from sparse_core.errors import UserError
 from sparse_core.integrations.ultralytics.stage import StageInputs, TrainSettings
 from sparse_core.step_cache import cached, link_or_copy
+from sparse_core.step_inputs import as_bool, model_source, nothing_fetched, read_json, training_summary
 from sparse_core.tracking.lineage import file_sha256
 from sparse_core.tracking.record import bench_metrics, bench_params, engine_accuracy
 from sparse_core.tracking.step_run import (  # noqa: F401  (re-exported: components and the pipeline CLI use them)
@@ -84,26 +85,6 @@ class RecipeSettings:
         if target >= 0:
             args[self.sparsity_arg] = target
         return load_recipe(self.recipe, args, zoo=self.zoo or None, staged=True)  # split into sparse / qat
-
-
-def _read_json(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise UserError(f"{path}: missing; expected the {what} written by the previous step")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
-
-
-def _summary(folder: Path) -> dict:
-    """A training output's summary.json ({} when the folder has none)."""
-    return _read_json(folder / "summary.json", "training summary") if (folder / "summary.json").is_file() else {}
-
-
-def _bool(value) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
 
 
 # ---------------------------------------------------------------------------------------------------- inputs
@@ -182,26 +163,6 @@ def prepare_dataset(data: str, out: str, data_format: str = "yolo", task: str = 
         return result
 
 
-def _model_source(checkpoint: str) -> tuple[str, str, str]:
-    """(model argument for train, its sha256 or name, base lineage) from a fetch_checkpoint / training output."""
-    folder = Path(checkpoint)
-    if (folder / "fetch.json").is_file():
-        info = _read_json(folder / "fetch.json", "fetch_checkpoint output")
-        if info["kind"] == "none":
-            raise UserError(f"{checkpoint}: no model was fetched (empty 'model' parameter)")
-        model = str(folder / info["model"]) if (folder / info["model"]).is_file() else info["model"]
-        return model, info.get("sha256") or info["model"], info.get("source") or info["model"]
-    if (folder / "model.pt").is_file():
-        return str(folder / "model.pt"), file_sha256(folder / "model.pt"), _summary(folder).get("base", "")
-    raise UserError(f"{checkpoint}: neither fetch.json nor model.pt; expected a fetch_checkpoint or training output")
-
-
-def _nothing_fetched(folder: str) -> bool:
-    """True for a fetch_checkpoint output of an empty ``model`` (the optional teacher left out)."""
-    f = Path(folder) / "fetch.json"
-    return f.is_file() and _read_json(f, "fetch_checkpoint output").get("kind") == "none"
-
-
 # ---------------------------------------------------------------------------------------------------- training
 
 
@@ -223,7 +184,7 @@ def sparse_train(checkpoint: str, dataset: str, out: str, recipe: RecipeSettings
         if full is not None:
             tracker.log_params(full.summary())
             tracker.log_text(full.original_text, "recipe.original.yaml")
-        model, model_sha, base = _model_source(checkpoint)
+        model, model_sha, base = model_source(checkpoint)
         if full is None or float(recipe.max_map_drop) < 0:
             result = _train_stage(step, model, model_sha, base, dataset, full.split("sparse") if full else None,
                                   full.to_yaml() if full is not None else None, Path(out), train, tracker, ctx)
@@ -241,7 +202,7 @@ def _carry(out: Path, facts: dict) -> None:
     step output's summary.json, so later steps carry them to the deployment folder; empty facts are left out."""
     facts = {k: v for k, v in facts.items() if v}
     if facts:
-        write_json(out / "summary.json", {**_summary(out), **facts})
+        write_json(out / "summary.json", {**training_summary(out), **facts})
 
 
 def _budgeted(step: str, recipe: RecipeSettings, source: tuple, dataset: str, out: Path, train: TrainSettings,
@@ -276,7 +237,7 @@ def qat(model: str, dataset: str, out: str, train: TrainSettings = TrainSettings
         from sparse_core.recipe import load_recipe
 
         src, out_dir = Path(model), Path(out)
-        summary = _read_json(src / "summary.json", "training summary")
+        summary = read_json(src / "summary.json", "training summary")
         full_yaml = src / "recipe.full.yaml"
         full = load_recipe(str(full_yaml), staged=True) if full_yaml.is_file() else None
         if full is None or not full.of_type("QuantizationModifier"):
@@ -305,13 +266,13 @@ def _train_stage(step: str, model: str, model_sha: str, base: str, dataset: str,
     data_yaml, data_hash = prepared_info(dataset)
     stage_yaml = stage.to_yaml() if stage is not None else None
     teacher_model, teacher_sha = ("", "")
-    if train.teacher and not _nothing_fetched(train.teacher):
-        teacher_model, teacher_sha, _ = _model_source(train.teacher)
+    if train.teacher and not nothing_fetched(train.teacher):
+        teacher_model, teacher_sha, _ = model_source(train.teacher)
     parts = {"model": model_sha, "data": data_hash, "recipe": stage_yaml, "epochs": int(train.epochs),
              "imgsz": int(train.imgsz), "batch": int(train.batch), "seed": int(train.seed), "teacher": teacher_sha,
              "device": train.device or "auto"}
     inputs = StageInputs(model, data_yaml, data_hash, base, teacher_model)
-    settings = replace(train, plots=_bool(train.plots))
+    settings = replace(train, plots=as_bool(train.plots))
     work = step_work.work_dir(step, parts, ctx.cache_dir)  # survives the pod: a retry resumes from it
 
     def compute(o: Path) -> dict:
@@ -348,7 +309,7 @@ def export_model(model: str, out: str, imgsz: int = 0, batch: int = 1, opset: in
         weights = src / "model.pt"
         if not weights.is_file():
             raise UserError(f"{src}: no model.pt; expected a training step output")
-        summary = _summary(src)
+        summary = training_summary(src)
         parts = {"weights": file_sha256(weights), "imgsz": int(imgsz), "batch": int(batch), "opset": int(opset)}
 
         def compute(o: Path) -> dict:
@@ -456,10 +417,10 @@ def register_model(model: str, benchmark: str, name: str, alias: str = "candidat
             raise UserError("register_model: no MLflow tracking URI; set the mlflow_uri parameter or "
                             "MLFLOW_TRACKING_URI")
         deploy = Path(model)
-        summary = _summary(deploy)
+        summary = training_summary(deploy)
         metrics = {k: summary[k] for k in ("map50", "map50_95", "mask_map50", "mask_map50_95", "sparsity")
                    if isinstance(summary.get(k), (int, float))}
-        tracker.log_metrics({**metrics, **bench_metrics(_read_json(Path(benchmark), "benchmark result")),
+        tracker.log_metrics({**metrics, **bench_metrics(read_json(Path(benchmark), "benchmark result")),
                              **engine_accuracy(deploy)})
         lineage = _deploy_lineage(tracker, deploy, summary)
         tracker.set_tags({**lineage, **{str(k): str(v) for k, v in extra.items()}})
@@ -487,7 +448,7 @@ def select_champion(name: str, metric: str = "images_per_s", constraint: str = "
     with step_run(ctx.named("select_champion"), params, ctx) as tracker:
         if not tracker.enabled:
             raise UserError("select_champion: no MLflow tracking URI; set mlflow_uri or MLFLOW_TRACKING_URI")
-        result = registry.promote_champion(name, metric, higher_is_better=_bool(higher_is_better),
+        result = registry.promote_champion(name, metric, higher_is_better=as_bool(higher_is_better),
                                            constraint=constraint or None, tracking_uri=tracker.uri)
         tracker.set_tags({"sparsepipe.champion": f"{name}/{result['version']}"})
         tracker.log_metrics({f"champion_{metric}": result["value"]})

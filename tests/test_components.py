@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sparse_core import step_cache, steps
+from sparse_core import step_cache, step_inputs, steps
 from sparse_core.errors import UserError
 from sparse_core.image import component_image
 
@@ -263,7 +263,7 @@ def test_qat_stage_trains_with_masks_held(sparse_stage):
 
 def test_fetch_nothing_for_an_empty_optional_model(tmp_path):
     result = steps.fetch_checkpoint("", str(tmp_path / "teacher"), ctx=NO_CACHE)
-    assert result["kind"] == "none" and steps._nothing_fetched(str(tmp_path / "teacher"))
+    assert result["kind"] == "none" and step_inputs.nothing_fetched(str(tmp_path / "teacher"))
     with pytest.raises(UserError, match="not found; expected a zoo: stub"):
         steps.fetch_checkpoint(str(tmp_path / "nope.pt"), str(tmp_path / "x"), ctx=NO_CACHE)
 

@@ -10,21 +10,21 @@ import json
 from pathlib import Path
 
 from sparse_core.data.fingerprint import prepared_info
-from sparse_core.tracking.step_run import StepContext
+from sparse_core.step_inputs import as_bool, model_source
+from sparse_core.tracking.step_run import StepContext, step_run
 
 
 def analyze(checkpoint: str, dataset: str, out: str, engine: str = "onnxruntime", imgsz: int = 640,
             levels: str = "0.25,0.5,0.75", val_images: int = 16, calib_images: int = 8, seconds: float = 3.0,
             mlflow_uri: str = "", experiment: str = "sparsepipe", parent_run_id: str = "") -> dict:
     """``sparsepipe analyze`` of the fetched checkpoint on the prepared data set; ``out`` gets analysis.json."""
-    from sparse_core import steps
     from sparse_core.sensitivity.analyze import analyze as run, parse_engines, parse_levels
 
     params = {"engine": engine, "imgsz": imgsz, "levels": levels, "val_images": val_images,
               "calib_images": calib_images}
     ctx = StepContext(mlflow_uri=mlflow_uri, experiment=experiment, parent_run_id=parent_run_id)
-    with steps.step_run("analyze", params, ctx) as tracker:
-        model, _, _ = steps._model_source(checkpoint)
+    with step_run("analyze", params, ctx) as tracker:
+        model, _, _ = model_source(checkpoint)
         data_yaml, _ = prepared_info(dataset)
         result = run(model, str(data_yaml), out, parse_engines(engine), imgsz, parse_levels(levels), None, val_images,
                      calib_images, 8, seconds)
@@ -39,19 +39,18 @@ def generate_recipe(analysis: str, out: str, target_speedup: float = 2.0, target
                     engine: str = "", qat: bool = False, epochs: int = 10, qat_epochs: int = 3, mlflow_uri: str = "",
                     experiment: str = "sparsepipe", parent_run_id: str = "") -> str:
     """``sparsepipe recipe generate`` from an analyze output folder; writes ``out/recipe.yaml``, returns its text."""
-    from sparse_core import steps
     from sparse_core.sensitivity.generate import generate
 
     params = {"target_speedup": target_speedup, "target_latency_ms": target_latency_ms, "engine": engine,
               "qat": qat, "epochs": epochs}
     ctx = StepContext(mlflow_uri=mlflow_uri, experiment=experiment, parent_run_id=parent_run_id)
-    with steps.step_run("generate_recipe", params, ctx) as tracker:
+    with step_run("generate_recipe", params, ctx) as tracker:
         folder = Path(analysis)
         path = folder / "analysis.json" if folder.is_dir() else folder
         Path(out).mkdir(parents=True, exist_ok=True)
         plan = generate(str(path), str(Path(out) / "recipe.yaml"),
                         None if target_latency_ms > 0 else target_speedup, target_latency_ms or None,
-                        engine or None, steps._bool(qat), epochs, None, qat_epochs)
+                        engine or None, as_bool(qat), epochs, None, qat_epochs)
         (Path(out) / "plan.json").write_text(json.dumps(plan, indent=1) + "\n")
         tracker.log_metrics({"generate.predicted_ms": plan["predicted_ms"], "generate.dense_ms": plan["dense_ms"],
                              "generate.predicted_map_drop": plan["predicted_map_drop"]})
