@@ -1,5 +1,5 @@
 """House rules that keep the code livable: no function over 80 lines, no file over 500, in the library, the
-components and the pipelines (tests and benchmarks are exempt)."""
+components and the pipelines (tests and benchmarks are exempt); no import cycle in the library, and no KFP in it."""
 
 from __future__ import annotations
 
