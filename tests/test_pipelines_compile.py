@@ -79,13 +79,16 @@ def compiled(tmp_path_factory) -> dict[str, IR]:
 def test_sparse_transfer_dag(compiled):
     ir = compiled["sparse_transfer"]
     assert set(STEPS) | {"open_run", "close_run"} <= set(ir.tasks)
-    chain = ["open_run", "fetch_checkpoint", "prepare_dataset", "sparse_train", "qat", "export_model", "benchmark",
-             "register_model"]
+    # decide_precision (will INT8 pay on the target?) sits before qat, choose_deployment (the fastest form within
+    # the accuracy gate) after export; what is registered is the chosen deployment
+    chain = ["open_run", "fetch_checkpoint", "prepare_dataset", "sparse_train", "decide_precision", "qat",
+             "export_model", "choose_deployment", "benchmark", "register_model"]
     assert ir.deps("sparse_train") >= {"fetch_checkpoint", "prepare_dataset"}
     for before, after in zip(chain[3:], chain[4:]):
         assert before in ir.deps(after), (before, after)
-    assert "benchmark" in ir.deps("register_model") and "export_model" in ir.deps("register_model")
-    for step in STEPS:  # every step logs under the parent run open_run returns
+    assert "benchmark" in ir.deps("register_model") and "choose_deployment" in ir.deps("register_model")
+    assert "sparse_train" in ir.deps("choose_deployment")  # the float model is a candidate too
+    for step in [*STEPS, "decide_precision", "choose_deployment"]:  # every step logs under the parent run
         assert "open_run" in ir.deps(step)
     # close_run is the exit handler: it runs after the steps' group whatever its outcome
     close = ir.tasks["close_run"]
