@@ -14,11 +14,17 @@ install: $(STAMP)
 		apt-get install -y -qq chromium >/dev/null; } || echo "warning: could not apt-get install chromium"
 
 # scripts/install.sh is the one install recipe (manifests/Dockerfile runs it too): torch pair first, then the project.
+# pip's output goes to a log (a fresh `make demo > log` stays short; pip warns once per index folder on some hosts);
+# on failure its last 40 lines are printed.
+INSTALL_LOG := $(SPARSEPIPE_HOME)/logs/install.log
 $(STAMP): pyproject.toml scripts/install.sh
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	PIP_FLAGS=-q sh scripts/install.sh $(BIN)/python -e '.[dev]'
-	rm -f $(VENV)/.installed-*
-	touch $@
+	@mkdir -p $(dir $(INSTALL_LOG))
+	@echo "building $(VENV): torch, then sparsepipe and its dependencies (a few minutes; log: $(INSTALL_LOG))"
+	@{ test -x $(BIN)/python || $(PY) -m venv $(VENV); } > $(INSTALL_LOG) 2>&1 && \
+		PIP_FLAGS=-q sh scripts/install.sh $(BIN)/python -e '.[dev]' >> $(INSTALL_LOG) 2>&1 || \
+		{ tail -n 40 $(INSTALL_LOG); echo "make install failed: see $(INSTALL_LOG)"; exit 1; }
+	@rm -f $(VENV)/.installed-*
+	@touch $@
 
 # The DeepSparse side venv is optional for the tests: without it they check the one-line "build it" error instead
 test: install services
