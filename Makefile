@@ -42,9 +42,10 @@ demo: install
 # The accuracy/speed frontier on the hard data set (benchmarks/frontier.py -> benchmarks/results/frontier.md/.png),
 # resumable across sessions: every model comes from the committed benchmark zoo (benchmarks/zoo, keyed by what made
 # it); what is missing is trained and published there first (commit benchmarks/zoo afterwards), then every model is
-# re-validated and all are timed together. Models: the converged dense YOLOv8n (160 px, 400 images), dense-ft, the
-# OpenVINO INT8 baseline, structured 50/75% + KD with and without QAT, and per variant the smaller dense model of the
-# same measured latency trained from scratch for the same epochs, plainly and distilled. With the zoo complete it
+# re-validated and all are timed together. Models: dense YOLOv8n (160 px, 400 images, 160 epochs) trained on in
+# 50-epoch stages until one gains < 0.5 point (the stage before is the reference, the last one the budget control),
+# the OpenVINO INT8 baseline, structured 50/75% + KD from the reference with and without QAT, and per variant the
+# smaller dense model of the same measured latency trained from scratch as long, plainly and distilled. With the zoo complete it
 # trains nothing; BENCH_ARGS="--no-train" never trains; "--models yolov8n yolov8s" adds YOLOv8s; "--device 0" trains
 # on a GPU (timing always on this CPU). bench-quick: tiny data and epochs in a zoo of its own (<= 15 min on 2 cores).
 bench: install deepsparse-venv

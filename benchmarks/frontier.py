@@ -4,13 +4,15 @@ For each base model (default YOLOv8n; ``--models yolov8n yolov8s`` adds YOLOv8s)
 --preset hard``, every model comes from the benchmark zoo (``bench_zoo``: keyed by what made it, committed in
 ``benchmarks/zoo``); what is missing is trained and published there first, so a later session finishes what an
 earlier one started and every run re-validates and re-times all models together:
-1. dense: trained from its yaml for ``--epochs`` until converged (the rule and curve are in the report);
-2. variants from it: structured 50/65/75% of the channels distilled from it (``structured_kd_50/75.yaml``), each
-   with and without the INT8 QAT stage (``structured_kd_qat.yaml``);
-3. the controls a user would pick instead: dense-ft (the dense model trained on for the variants' epochs with
-   their recipe at 0%), the OpenVINO INT8 post-training baseline (``sparse_core.baseline``), and per variant the
-   smaller dense model of the same family whose measured latency matches it, trained from scratch for the same
-   total epochs, plainly and distilled (``benchmarks/recipes/control_kd.yaml``); for bigger bases also YOLOv8n;
+1. the dense reference: trained from its yaml for ``--epochs``, then on in stages of ``--prune-epochs`` at the
+   variants' recipe and 0% (dense-ft, dense-ft2, ...) until a stage gains < ``--converge`` points (PyTorch val):
+   the stage before it is the reference, the last stage (trained as long as the variants) their budget control;
+2. variants pruned from the reference: structured 50/65/75% of the channels distilled from it
+   (``structured_kd_50/75.yaml``), each with and without the INT8 QAT stage (``structured_kd_qat.yaml``);
+3. the controls a user would pick instead: the budget control above, the OpenVINO INT8 post-training baseline
+   (``sparse_core.baseline``), and per variant the smaller dense model of the same family whose measured latency
+   matches it, trained from scratch for the same total epochs, plainly and distilled
+   (``benchmarks/recipes/control_kd.yaml``); for bigger bases also YOLOv8n;
 4. every model exported at the training size for mAP50-95 on onnxruntime and OpenVINO (``sparse_core.onnx_val``)
    and at 640 px for speed on each engine (``--engines``), all models of a base timed interleaved;
 5. one MLflow run per model, a Pareto plot with the controls marked, the dense curves, and a markdown table with
@@ -51,33 +53,56 @@ def load_line() -> str:
 # ---------------------------------------------------------------------------------------------------- models
 
 
-def plans(args, base: str) -> list[dict]:
-    """What to train for ``base``, in dependency order: {name, kind, start (a yaml or an earlier name), teacher,
-    recipe, recipe_args, epochs}. The reference is dense-ft: the dense model trained on for --prune-epochs at the
-    variants' recipe and 0% (from scratch alone it is still climbing, see the curves); the variants are pruned from
-    it; dense-ft2 trains it on as long again (their budget control and its convergence check). Controls of kind
-    "small" get their width from the variant they match."""
+def zero_stage(args, name: str, start: str) -> dict:
+    """One more stage of the dense reference: --prune-epochs at the variants' recipe (LR, KD from the stage before)
+    at 0% sparsity."""
     from sparse_core.recipes import path as recipe
 
-    total = args.epochs + 2 * args.prune_epochs  # what every variant had in all: the controls' budget
-    zero = {"recipe": recipe("structured_kd_50.yaml"), "recipe_args": {**structured_args(args, 0.0), "init_sparsity": 0.0}}
-    out = [{"name": "dense", "kind": "dense", "start": f"{base}.yaml", "epochs": args.epochs},
-           {"name": "dense-ft", "kind": "dense", "start": "dense", "teacher": "dense", **zero}]
-    for key in args.variants:  # the variants before the controls: what a session that stops early should have
-        out.append({"name": f"{key}-kd", "kind": "variant", "start": "dense-ft", "teacher": "dense-ft",
-                    "recipe": recipe(STRUCTURED[key][0]), "recipe_args": structured_args(args, STRUCTURED[key][1])})
-    out.append({"name": "dense-ft2", "kind": "control", "start": "dense-ft", "teacher": "dense-ft", **zero})
+    return {"name": name, "kind": "dense", "start": start, "teacher": start, "recipe": recipe("structured_kd_50.yaml"),
+            "recipe_args": {**structured_args(args, 0.0), "init_sparsity": 0.0}}
+
+
+def plans(args, base: str, ref: str, budget: int) -> list[dict]:
+    """What to train for ``base`` once its converged reference ``ref`` is known, in dependency order: {name, kind,
+    start (a yaml or an earlier name), teacher, recipe, recipe_args, epochs}. The variants are pruned from ``ref``
+    and get ``budget`` epochs in all, as do the controls; small controls get their width from the variant they
+    match."""
+    from sparse_core.recipes import path as recipe
+
+    out = [{"name": f"{key}-kd", "kind": "variant", "start": ref, "teacher": ref, "recipe": recipe(STRUCTURED[key][0]),
+            "recipe_args": structured_args(args, STRUCTURED[key][1])} for key in args.variants]
     if args.qat_epochs:
-        out += [{"name": f"{key}-kd-qat", "kind": "variant", "start": f"{key}-kd", "teacher": "dense-ft",
+        out += [{"name": f"{key}-kd-qat", "kind": "variant", "start": f"{key}-kd", "teacher": ref,
                  "recipe": recipe("structured_kd_qat.yaml"), "recipe_args": {"num_epochs": args.qat_epochs}}
                 for key in args.variants]
     for key in args.controls:
-        out.append({"name": f"small-{key}", "kind": "small", "matches": f"{key}-kd", "epochs": total})
-        out.append({"name": f"small-{key}-kd", "kind": "small", "matches": f"{key}-kd", "teacher": "dense-ft",
-                    "recipe": CONTROL_KD, "recipe_args": {"num_epochs": total}})
+        out.append({"name": f"small-{key}", "kind": "small", "matches": f"{key}-kd", "epochs": budget})
+        out.append({"name": f"small-{key}-kd", "kind": "small", "matches": f"{key}-kd", "teacher": ref,
+                    "recipe": CONTROL_KD, "recipe_args": {"num_epochs": budget}})
     if base != "yolov8n" and "n" in args.controls_plain:  # the next smaller stock model, trained as long
-        out.append({"name": "yolov8n-dense", "kind": "control", "start": "yolov8n.yaml", "epochs": total})
+        out.append({"name": "yolov8n-dense", "kind": "control", "start": "yolov8n.yaml", "epochs": budget})
     return out
+
+
+def reference(args, work: Path, data: Path, base: str, built: dict, data_hash: str) -> str | None:
+    """Train the dense model from its yaml, then on in stages of --prune-epochs (``zero_stage``) until a stage gains
+    less than --converge points of mAP50-95 (PyTorch val) over the one before: that one is the converged reference
+    the variants are pruned from, and the last stage, trained as long as the variants, is their budget control.
+    Returns the reference's name; None while a stage is missing (--no-train) or after --max-stages."""
+    stages = [{"name": "dense", "kind": "dense", "start": f"{base}.yaml", "epochs": args.epochs}]
+    for k in range(1, args.max_stages + 1):
+        stages.append(zero_stage(args, "dense-ft" if k == 1 else f"dense-ft{k}", stages[-1]["name"]))
+    for prev, stage in zip([None, *stages], stages):
+        if not add(args, work, data, base, stage, built, data_hash):
+            return None
+        if prev is not None:
+            gain = 100 * (built[stage["name"]]["map"] - built[prev["name"]]["map"])
+            log(f"{base} {stage['name']}: {gain:+.2f} points over {prev['name']}")
+            if gain < args.converge:
+                built[stage["name"]]["kind"] = "control"
+                return prev["name"]
+    log(f"{base}: the dense reference still gains >= {args.converge:g} point after {args.max_stages} stages")
+    return None
 
 
 def structured_args(args, final: float) -> dict:
@@ -335,9 +360,14 @@ def _fmt(v, pct: bool = False) -> str:
     return f"{v:.3f}" if pct else (f"{v:.2f}" if isinstance(v, float) else str(v))
 
 
+def dense_stages(rows: dict[str, dict]) -> list[str]:
+    """The dense model and its later stages (dense-ft, dense-ft2, ...), in training order."""
+    return sorted((v for v in rows if v == "dense" or v.startswith("dense-ft")), key=lambda v: rows[v]["epochs_total"])
+
+
 def reference_map(rows: dict[str, dict]) -> float | None:
-    """The dense reference: the best of dense, dense-ft and dense-ft2 (onnxruntime mAP50-95)."""
-    refs = [rows.get(v, {}).get("map50_95_onnxruntime") for v in ("dense", "dense-ft", "dense-ft2")]
+    """The dense reference: the best stage of the dense model (onnxruntime mAP50-95)."""
+    refs = [rows[v].get("map50_95_onnxruntime") for v in dense_stages(rows)]
     return max((x for x in refs if x is not None), default=None)
 
 
@@ -353,7 +383,7 @@ def markdown(res: dict) -> str:
              f"{res['threads']} threads, {res['seconds']} s per model and engine, all models of a base timed "
              "interleaved in one process; OpenVINO at its default precision "
              f"({', '.join(sorted(res.get('precisions', {}).get('openvino', []))) or 'n/a'}). drop: points below the "
-             "dense reference (the better of dense and dense-ft). x user best: images/s over the faster of the "
+             "dense reference (the best stage of the dense model). x user best: images/s over the faster of the "
              "OpenVINO INT8 baseline and dense on OpenVINO. n/a: not measured here.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for base, rows in res["models"].items():
@@ -379,15 +409,18 @@ def claims(res: dict, budget: float = 1.0, margin: float = 1.0, match: float = 0
         ref = reference_map(rows)
         conv = res.get("convergence", {}).get(base)
         if conv:
-            out.append(f"- {base} dense reference: {conv['epochs']} epochs, mAP50-95 gained {conv['gain_points']} "
+            out.append(f"- {base} dense from scratch: {conv['epochs']} epochs, mAP50-95 gained {conv['gain_points']} "
                        f"points in the last 25% ({conv['rule']}): {'converged' if conv['converged'] else 'NOT converged'}")
         if ref is None:
             continue
-        maps = [rows.get(v, {}).get("map50_95_onnxruntime") for v in ("dense", "dense-ft", "dense-ft2")]
-        for (a, b), (x, y) in zip((("dense", "dense-ft"), ("dense-ft", "dense-ft2")), zip(maps, maps[1:])):
+        stages = dense_stages(rows)
+        for a, b in zip(stages, stages[1:]):
+            x, y = rows[a].get("map50_95_onnxruntime"), rows[b].get("map50_95_onnxruntime")
             if None not in (x, y):
-                out.append(f"- {base} {b}: {100 * (y - x):+.2f} points over {a} from {res['prune_epochs']} more epochs "
-                           f"at 0% sparsity: {a} {'had' if y - x < 0.005 else 'had NOT'} converged (rule: < 0.5 point)")
+                out.append(f"- {base} {b}: {100 * (y - x):+.2f} points (onnxruntime; PyTorch val decides) over {a} "
+                           f"from {res['prune_epochs']} more epochs at 0% sparsity")
+        out.append(f"- {base} reference: {res['reference'].get(base) or 'none yet: the dense model still gains'} "
+                   f"(the stage before the first one that gains < {res['converge']:g} point on PyTorch val)")
         ok = {v: r for v, r in rows.items() if r["kind"] == "variant" and r.get("map50_95_onnxruntime") is not None
               and 100 * (ref - r["map50_95_onnxruntime"]) <= budget and r.get("speedup_vs_user_openvino")}
         if ok:
@@ -502,6 +535,9 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--epochs", type=int, help="dense epochs from scratch")
     ap.add_argument("--prune-epochs", type=int, help="structured + KD epochs (pruning in the first half)")
     ap.add_argument("--qat-epochs", type=int)
+    ap.add_argument("--converge", type=float, default=0.5, help="a dense stage gaining fewer mAP50-95 points than "
+                    "this over the one before ends the reference chain (default 0.5)")
+    ap.add_argument("--max-stages", type=int, default=8, help="most stages of --prune-epochs after the dense run")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--calib", type=int, help="baseline calibration images (Ultralytics uses 300)")
     ap.add_argument("--speed-imgsz", type=int, default=640)
@@ -526,25 +562,36 @@ def parse(argv=None) -> argparse.Namespace:
     return args
 
 
-def build(args, work: Path, data: Path, base: str, data_hash: str) -> dict[str, dict]:
+def add(args, work: Path, data: Path, base: str, plan: dict, built: dict, data_hash: str) -> bool:
+    """``plan``'s model into ``built`` (from the zoo, trained first when missing) with its kind, total epochs and
+    PyTorch val mAP50-95; False when it is missing (--no-train) or what it needs is."""
+    model = ensure(args, work, data, base, plan, built, data_hash)
+    if model is None:
+        return False
+    own = plan.get("epochs") or (plan.get("recipe_args") or {}).get("num_epochs") or 0
+    parent = built.get(plan.get("start"), {}).get("epochs_total", 0)
+    summary = json.loads((model["weights"].parent / "summary.json").read_text())
+    built[plan["name"]] = {**model, "kind": plan["kind"], "epochs_total": own + parent, "matches": plan.get("matches"),
+                           "map": float(summary.get("map50_95") or 0.0)}
+    return True
+
+
+def build(args, work: Path, data: Path, base: str, data_hash: str) -> tuple[dict[str, dict], str | None]:
     """Every model of ``base`` from the zoo (trained and published first when missing), plus the OpenVINO INT8
-    baseline of the dense one; {name: model facts + kind, epochs_total}."""
+    baseline of the dense one; ({name: model facts + kind, epochs_total}, the reference's name or None)."""
     import bench_zoo
 
     built: dict[str, dict] = {}
-    for plan in plans(args, base):
-        model = ensure(args, work, data, base, plan, built, data_hash)
-        if model is None:
-            continue
-        own = plan.get("epochs") or (plan.get("recipe_args") or {}).get("num_epochs") or 0
-        parent = built.get(plan.get("start"), {}).get("epochs_total", 0)
-        built[plan["name"]] = {**model, "kind": plan["kind"], "epochs_total": own + parent,
-                               "matches": plan.get("matches")}
+    ref = reference(args, work, data, base, built, data_hash)
+    if ref is not None:
+        budget = built[ref]["epochs_total"] + args.prune_epochs
+        for plan in plans(args, base, ref, budget):
+            add(args, work, data, base, plan, built, data_hash)
     if "dense" in built:
         d = built["dense"]
         built["ov-int8-ptq"] = {**d, "kind": "baseline", "baseline": True,
                                 "key": bench_zoo.key_of({"ptq_of": d["key"], "calib": args.calib})}
-    return built
+    return built, ref
 
 
 def measure(args, work: Path, data: Path, base: str, built: dict) -> dict[str, dict]:
@@ -592,15 +639,16 @@ def main(argv=None) -> int:
     res = {"mode": "quick" if args.quick else "full", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "data": f"hard preset, {args.n_train} train / {args.n_val} val images at {args.imgsz} px, data hash "
                    f"{data_hash[:16]}",
-           "budget": f"dense {args.epochs} epochs from scratch, dense-ft {args.prune_epochs} more at the variants' "
-                     f"recipe and 0%; structured+KD {args.prune_epochs} epochs from dense-ft (pruning in the first "
-                     f"half), dense-ft2 as long at 0%, QAT+KD {args.qat_epochs} more; smaller dense controls "
-                     f"{args.epochs + 2 * args.prune_epochs} epochs from scratch; batch {args.batch}",
+           "budget": f"dense {args.epochs} epochs from scratch, then stages of {args.prune_epochs} more at the "
+                     f"variants' recipe and 0% until one gains < {args.converge:g} point (the one before is the "
+                     f"reference); structured+KD {args.prune_epochs} epochs from the reference (pruning in the first "
+                     f"half), QAT+KD {args.qat_epochs} more; smaller dense controls as many epochs as a variant, from "
+                     f"scratch; batch {args.batch}", "converge": args.converge, "reference": {},
            "prune_epochs": args.prune_epochs,
            "engines": args.engines, "speed_imgsz": args.speed_imgsz, "threads": args.threads,
            "seconds": args.seconds, "machine": machine, "models": {}, "notes": [], "convergence": {}, "curves": {}}
     for base in args.models:
-        built = build(args, work, data, base, data_hash)
+        built, res["reference"][base] = build(args, work, data, base, data_hash)
         if "dense" in built:
             points = built["dense"]["provenance"].get("curve") or []
             res["curves"][base] = points
@@ -624,7 +672,12 @@ def report(args, res: dict, t_start: float, zoo_before: set, uri: str) -> int:
     for e in args.engines:
         if all(r.get(f"images_per_s_{e}") is None for rows in res["models"].values() for r in rows.values()):
             res["notes"].append(f"{e}: not available on this machine (not measured)")
-    missing = [f"{b} {p['name']}" for b in args.models for p in plans(args, b) if p["name"] not in res["models"][b]]
+    missing = [f"{b} {p['name']}" for b in args.models if res["reference"].get(b)
+               for p in plans(args, b, res["reference"][b], 0) if p["name"] not in res["models"][b]]
+    waiting = [b for b in args.models if not res["reference"].get(b)]
+    if waiting:
+        res["notes"].append(f"{', '.join(waiting)}: the dense reference is still climbing or a stage is missing; the "
+                            "variants and controls wait for it (a later run of make bench trains on)")
     if missing:
         res["notes"].append(f"not in the zoo yet (a later run of make bench trains them): {', '.join(missing)}")
     res["machine"]["load_end"] = load_line()
