@@ -93,6 +93,15 @@ def publish_run(run_dir: Path, model_stub: str, zoo: Path, provenance: dict) -> 
     return lookup(zoo, model_stub)
 
 
+def checkpoint_sha256(entry: Path) -> str:
+    """The sha256 of the entry's ``model.pt`` as its manifest lists it (fetch verified the file against it), so a
+    dependent model's key needs no second pass over the checkpoint."""
+    for f in json.loads((entry / "manifest.json").read_text())["files"]:
+        if (f.get("unpacked") or f)["path"] == "model.pt":
+            return (f.get("unpacked") or f)["sha256"]
+    raise KeyError(f"{entry}: no model.pt in its manifest")
+
+
 def provenance(entry: Path) -> dict:
     return json.loads((entry / "provenance.json").read_text())
 

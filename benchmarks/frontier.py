@@ -143,7 +143,6 @@ def ensure(args, work: Path, data: Path, base: str, plan: dict, built: dict, dat
     """The model of ``plan`` from the zoo, trained and published there first when missing; None when it is missing
     and --no-train is set, or what it needs was not built. {'weights', 'sha256', 'key', 'stub', 'provenance'}."""
     import bench_zoo
-    from sparse_core.data.hashing import file_sha256
 
     needs = [plan.get(k) for k in ("start", "teacher", "matches")]
     if any(n and not n.endswith(".yaml") and n not in built for n in needs):
@@ -157,7 +156,7 @@ def ensure(args, work: Path, data: Path, base: str, plan: dict, built: dict, dat
             log(f"{base} {plan['name']}: not in the zoo ({stub}); --no-train: left out")
             return None
         entry = train_and_publish(args, work, data, base, plan, built, spec, stub)
-    return {"weights": entry / "model.pt", "sha256": file_sha256(entry / "model.pt"), "key": key, "stub": stub,
+    return {"weights": entry / "model.pt", "sha256": bench_zoo.checkpoint_sha256(entry), "key": key, "stub": stub,
             "provenance": bench_zoo.provenance(entry)}
 
 
@@ -174,9 +173,8 @@ def train_and_publish(args, work: Path, data: Path, base: str, plan: dict, built
     if start is None:  # a small control: the width whose measured latency matches its variant's
         start, prov["width_match"] = small_yaml(args, work, base, plan["matches"], built)
     kw = {"model": str(built[start]["weights"]) if start in built else str(start)}
-    for k in ("teacher",):
-        if plan.get(k):
-            kw[k] = str(built[plan[k]]["weights"])
+    if plan.get("teacher"):
+        kw["teacher"] = str(built[plan["teacher"]]["weights"])
     kw.update({k: str(plan[k]) if k == "recipe" else plan[k] for k in ("recipe", "recipe_args", "epochs")
                if plan.get(k)})
     name = f"{base}-{plan['name']}-{spec_key(spec)}"
